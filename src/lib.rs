@@ -1,0 +1,28 @@
+//! Wedge: a containerd shim v2 that runs containers through an OCI runtime.
+//!
+//! Layout: [`cli`] parses argv and dispatches to [`manager`] (`start`,
+//! `delete`) or [`serve`]; [`service`] implements the Task API on top of
+//! [`container`] and [`process`]; [`runtime`] drives the OCI runtime CLI;
+//! [`stdio`] relays output; [`reaper`] collects every exit; [`events`]
+//! publishes to containerd; [`ttrpc`] is the wire protocol; [`sys`] holds the
+//! only unsafe code.
+#![deny(unsafe_code)]
+
+pub mod log;
+
+pub mod cli;
+pub mod container;
+pub mod error;
+pub mod events;
+pub mod fsutil;
+pub mod manager;
+pub mod mount;
+pub mod options;
+pub mod process;
+pub mod reaper;
+pub mod runtime;
+pub mod serve;
+pub mod service;
+pub mod stdio;
+pub mod sys;
+pub mod ttrpc;

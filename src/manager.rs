@@ -1,0 +1,302 @@
+//! The `start` and `delete` actions: the short-lived invocations containerd
+//! makes around the long-running daemon.
+//!
+//! `start` (cwd = bundle): picks the group from the spec's annotations,
+//! derives the socket `/run/containerd/s/<sha256(address/ns/group)>`, reuses a
+//! live shim of the same group or binds a new socket (a file, 0600, never
+//! abstract), writes `address` atomically, starts the daemon with the
+//! listener as fd 3, applies `shim_cgroup` and `oom_score_adj`, and prints
+//! only the address.
+//!
+//! `delete` (cwd = bundle): runs after every container, so it is idempotent:
+//! `runtime delete --force`, unmount `rootfs`, and print a `DeleteResponse`.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim::shim::DeleteResponse;
+use sha2::{Digest, Sha256};
+
+use crate::cli::Flags;
+use crate::options::Options;
+
+/// Directory of shim sockets, shared by every containerd on the machine.
+pub const SOCKET_DIR: &str = "/run/containerd/s";
+
+/// Annotation that groups containers into one shim (explicit).
+pub const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
+/// Annotation CRI sets to the pod sandbox id.
+pub const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The group id: explicit group annotation, else the CRI sandbox id, else id.
+pub fn group_id(config_json: &str, id: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(config_json).unwrap_or_default();
+    let ann = |k: &str| {
+        v.pointer("/annotations")
+            .and_then(|a| a.get(k))
+            .and_then(|x| x.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    ann(GROUP_ANNOTATION)
+        .or_else(|| ann(SANDBOX_ANNOTATION))
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Lexically cleans a path as Go's `filepath.Clean` does.
+pub fn clean_path(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if out.last().is_some_and(|l| *l != "..") {
+                    out.pop();
+                } else if !rooted {
+                    out.push("..");
+                }
+            }
+            x => out.push(x),
+        }
+    }
+    let joined = out.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".into(),
+        (false, false) => joined,
+    }
+}
+
+/// The socket path for (containerd address, namespace, group).
+pub fn socket_path(address: &str, namespace: &str, group: &str) -> PathBuf {
+    let joined = clean_path(&format!("{address}/{namespace}/{group}"));
+    let digest = Sha256::digest(joined.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Path::new(SOCKET_DIR).join(hex)
+}
+
+fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |err| format!("{what}: {err}")
+}
+
+/// `start`: prints the address of a (new or reused) shim for this group.
+pub fn start(flags: &Flags) -> Result<(), String> {
+    let config = std::fs::read_to_string("config.json").map_err(e("read config.json"))?;
+    let group = group_id(&config, &flags.id);
+    let path = socket_path(&flags.address, &flags.namespace, &group);
+    let address = format!("unix://{}", path.display());
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(SOCKET_DIR)
+        .map_err(e("create socket dir"))?;
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            if shim_alive(&path) {
+                // Grouping: another container of this group already has a shim.
+                crate::fsutil::write_atomic(Path::new("address"), address.as_bytes(), 0o666)
+                    .map_err(e("write address"))?;
+                print!("{address}");
+                return Ok(());
+            }
+            std::fs::remove_file(&path).map_err(e("remove stale socket"))?;
+            UnixListener::bind(&path).map_err(e("listen"))?
+        }
+        Err(err) => return Err(format!("listen on {}: {err}", path.display())),
+    };
+    let cleanup = |msg: String| {
+        let _ = std::fs::remove_file(&path);
+        msg
+    };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|err| cleanup(format!("chmod socket: {err}")))?;
+    crate::fsutil::write_atomic(Path::new("address"), address.as_bytes(), 0o666)
+        .map_err(|err| cleanup(format!("write address: {err}")))?;
+
+    let fd = OwnedFd::from(listener);
+    let exe = std::env::current_exe().map_err(|err| cleanup(format!("current exe: {err}")))?;
+    let mut cmd = Command::new(&exe);
+    // argv[0] keeps the installed name so the daemon reports the same runtime.
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.arg0(std::env::args().next().unwrap_or_default())
+            .process_group(0);
+    }
+    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address]);
+    if flags.debug {
+        cmd.arg("-debug");
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    crate::sys::pass_as_fd3(&mut cmd, &fd);
+    let mut child = cmd.spawn().map_err(|err| cleanup(format!("start shim daemon: {err}")))?;
+    drop(fd);
+
+    let setup = || -> Result<(), String> {
+        let mut raw = Vec::new();
+        std::io::stdin().read_to_end(&mut raw).map_err(e("read options"))?;
+        let opts = decode_start_options(&raw)?;
+        if !opts.shim_cgroup.is_empty() {
+            join_cgroup(child.id(), &opts.shim_cgroup)?;
+        }
+        adjust_oom_score(child.id())
+    };
+    if let Err(err) = setup() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(cleanup(err));
+    }
+    print!("{address}");
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+/// Options on `start`'s stdin: a protobuf Any (or nothing).
+fn decode_start_options(raw: &[u8]) -> Result<Options, String> {
+    if raw.is_empty() {
+        return Ok(Options::default());
+    }
+    let any = containerd_shim_protos::protobuf::well_known_types::any::Any::parse_from_bytes(raw)
+        .map_err(e("decode options"))?;
+    Options::from_any(Some(&any)).map_err(|err| err.to_string())
+}
+
+fn shim_alive(path: &Path) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(UnixStream::connect(p).is_ok());
+    });
+    rx.recv_timeout(Duration::from_millis(100)).unwrap_or(false)
+}
+
+/// Moves `pid` into the cgroup `path` (v2 unified, else every v1 hierarchy).
+fn join_cgroup(pid: u32, path: &str) -> Result<(), String> {
+    let rel = path.trim_start_matches('/');
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        return std::fs::write(root.join(rel).join("cgroup.procs"), pid.to_string())
+            .map_err(e("join shim cgroup"));
+    }
+    let entries = std::fs::read_dir(root).map_err(e("list cgroup hierarchies"))?;
+    for ent in entries.flatten() {
+        let dir = ent.path().join(rel);
+        if ent.path().join("cgroup.procs").exists() && dir.is_dir() {
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(e("join shim cgroup"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the daemon's `oom_score_adj` to containerd's + 1 (clamped).
+fn adjust_oom_score(pid: u32) -> Result<(), String> {
+    let ppid = rustix::process::getppid().map(|p| p.as_raw_nonzero().get()).unwrap_or(1);
+    let parent: i32 = std::fs::read_to_string(format!("/proc/{ppid}/oom_score_adj"))
+        .map_err(e("read oom_score_adj"))?
+        .trim()
+        .parse()
+        .map_err(e("parse oom_score_adj"))?;
+    let score = (parent + 1).clamp(-1000, 1000);
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), score.to_string()).map_err(e("set oom_score_adj"))
+}
+
+/// `delete`: cleans up after a container whose shim may be gone.
+pub fn delete(flags: &Flags) -> Result<(), String> {
+    let cwd = std::env::current_dir().map_err(e("cwd"))?;
+    let dir = cwd.parent().unwrap_or(Path::new("/")).join(&flags.id);
+    crate::service::task::validate_id(&flags.id).map_err(|err| err.to_string())?;
+    let binary = std::fs::read_to_string(dir.join("runtime")).map_err(e("read runtime"))?;
+    let opts = crate::fsutil::read_optional(&dir.join("options.json"))
+        .ok()
+        .flatten()
+        .map(|s| Options::from_json(&s))
+        .unwrap_or_default();
+    let binary = if binary.trim().is_empty() { "runc".to_string() } else { binary.trim().to_string() };
+    let out = Command::new(&binary)
+        .args(["--root", &opts.runtime_root(&flags.namespace), "--log"])
+        .arg(dir.join("log.json"))
+        .args(["--log-format", "json", "delete", "--force", &flags.id])
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if !o.status.success() => {
+            eprintln!("{binary} delete: {}", String::from_utf8_lossy(&o.stderr).trim());
+        }
+        Err(err) => eprintln!("{binary} delete: {err}"),
+        _ => {}
+    }
+    crate::mount::unmount_all(&dir.join("rootfs")).map_err(|err| err.to_string())?;
+    let pid = std::fs::read_to_string(dir.join("init.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let resp = DeleteResponse {
+        pid,
+        exit_status: 128 + 9,
+        exited_at: MessageField::some(crate::events::timestamp(SystemTime::now())),
+        ..Default::default()
+    };
+    let bytes = resp.write_to_bytes().map_err(e("encode"))?;
+    std::io::stdout().write_all(&bytes).map_err(e("write response"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_by_annotation() {
+        let id = "c1";
+        assert_eq!(group_id("{}", id), "c1");
+        assert_eq!(group_id("not json", id), "c1");
+        assert_eq!(
+            group_id(r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod"}}"#, id),
+            "pod"
+        );
+        assert_eq!(
+            group_id(
+                r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod","io.containerd.runc.v2.group":"g"}}"#,
+                id
+            ),
+            "g"
+        );
+    }
+
+    #[test]
+    fn socket_path_hashes_like_the_go_shim() {
+        // sha256("/run/containerd/containerd.sock/default/c1")
+        let p = socket_path("/run/containerd/containerd.sock", "default", "c1");
+        let expect: String = Sha256::digest(b"/run/containerd/containerd.sock/default/c1")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(p, Path::new(SOCKET_DIR).join(expect));
+        assert_eq!(p.file_name().unwrap().len(), 64);
+        // filepath.Join cleans: doubled or trailing slashes do not change it.
+        assert_eq!(socket_path("/run/containerd/containerd.sock/", "default", "c1"), p);
+    }
+
+    #[test]
+    fn cleans_paths() {
+        assert_eq!(clean_path("/a//b/./c/../d/"), "/a/b/d");
+        assert_eq!(clean_path("/../a"), "/a");
+        assert_eq!(clean_path("a/../.."), "..");
+        assert_eq!(clean_path(""), ".");
+    }
+
+    #[test]
+    fn start_options_decode() {
+        assert_eq!(decode_start_options(b"").unwrap(), Options::default());
+        assert!(decode_start_options(&[0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! The OCI runtime behind a trait, so the task service can be driven by the
+//! real runc CLI ([`runc::Runc`]) or by a recording fake in unit tests.
+//!
+//! A runtime instance is bound to one container's settings (binary, root,
+//! log file); [`RuntimeFactory`] makes one per container at Create.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub mod runc;
+
+#[cfg(test)]
+pub mod fake;
+
+pub use crate::ttrpc::BoxFuture;
+
+/// Errors from the runtime CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The runtime binary could not be started.
+    #[error("{binary}: {err}")]
+    Spawn {
+        /// The binary.
+        binary: String,
+        /// The OS error.
+        err: std::io::Error,
+    },
+    /// The runtime ran and failed; `message` is its last logged error.
+    #[error("{message}")]
+    Failed {
+        /// The subcommand (`create`, `kill`, …).
+        command: String,
+        /// The runtime's exit status.
+        status: u32,
+        /// The runtime's own error text.
+        message: String,
+    },
+    /// The runtime's output could not be read or parsed.
+    #[error("{0}")]
+    Output(String),
+}
+
+impl RuntimeError {
+    /// The runtime's message, for callers that classify errors by text.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Result of a runtime call.
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// The container-side stdio of a process the runtime starts. `None` means
+/// `/dev/null`.
+#[derive(Default)]
+pub struct ProcessStdio {
+    /// Standard input.
+    pub stdin: Option<OwnedFd>,
+    /// Standard output.
+    pub stdout: Option<OwnedFd>,
+    /// Standard error.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// What `create` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOpts {
+    /// Container id.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// Where the runtime writes the init pid.
+    pub pid_file: PathBuf,
+    /// Pass `--no-pivot`.
+    pub no_pivot: bool,
+    /// Pass `--no-new-keyring`.
+    pub no_new_keyring: bool,
+}
+
+/// An OCI runtime bound to one container's settings.
+pub trait Runtime: Send + Sync {
+    /// `create --bundle B --pid-file P ID` with the given stdio.
+    fn create(&self, opts: CreateOpts, stdio: ProcessStdio) -> BoxFuture<'_, Result<()>>;
+    /// `start ID`.
+    fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// `kill [--all] ID SIG`.
+    fn kill<'a>(&'a self, id: &'a str, signal: u32, all: bool) -> BoxFuture<'a, Result<()>>;
+    /// `delete [--force] ID`.
+    fn delete<'a>(&'a self, id: &'a str, force: bool) -> BoxFuture<'a, Result<()>>;
+    /// `ps --format json ID`: the pids in the container.
+    fn ps<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<u32>>>;
+}
+
+/// Settings that select and configure a runtime for one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Binary name or path.
+    pub binary: String,
+    /// `--root` directory (already including the namespace).
+    pub root: String,
+    /// `--log` file (json).
+    pub log: PathBuf,
+    /// `--systemd-cgroup`.
+    pub systemd_cgroup: bool,
+    /// `--criu` path, if set.
+    pub criu: String,
+}
+
+/// Makes a runtime for a container's settings.
+pub type RuntimeFactory = Arc<dyn Fn(RuntimeConfig) -> Arc<dyn Runtime> + Send + Sync>;

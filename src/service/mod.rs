@@ -1,0 +1,80 @@
+//! The ttrpc face of the Task service: decodes each request, calls
+//! [`task::TaskService`], encodes the response. Serves the
+//! `containerd.task.v2.Task` service (and the same methods under
+//! `containerd.task.v3.Task`, whose messages are wire-compatible).
+
+pub mod task;
+
+use std::sync::Arc;
+
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::ttrpc::{Code, Status};
+
+use crate::error::Error;
+use crate::ttrpc::{BoxFuture, Dispatch};
+pub use task::TaskService;
+
+/// Task service names this shim answers to.
+pub const SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
+
+fn decode<M: Message>(payload: &[u8]) -> Result<M, Status> {
+    M::parse_from_bytes(payload)
+        .map_err(|e| Error::InvalidArgument(format!("malformed request: {e}")).to_status())
+}
+
+fn encode<M: Message>(r: Result<M, Error>) -> Result<Vec<u8>, Status> {
+    match r {
+        Ok(m) => m
+            .write_to_bytes()
+            .map_err(|e| Error::Unknown(format!("encode response: {e}")).to_status()),
+        Err(e) => {
+            crate::debug!("rpc error: {e}");
+            Err(e.to_status())
+        }
+    }
+}
+
+fn empty(r: Result<(), Error>) -> Result<Vec<u8>, Status> {
+    encode(r.map(|_| Empty::new()))
+}
+
+impl Dispatch for TaskService {
+    fn dispatch(
+        self: Arc<Self>,
+        service: String,
+        method: String,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, Status>> {
+        Box::pin(async move {
+            if !SERVICES.contains(&service.as_str()) {
+                let mut s = Status::new();
+                s.set_code(Code::UNIMPLEMENTED);
+                s.message = format!("service {service} not found");
+                return Err(s);
+            }
+            crate::debug!("rpc {method}");
+            match method.as_str() {
+                "Create" => encode(self.create(decode(&payload)?).await),
+                "Start" => encode(self.start(decode(&payload)?).await),
+                "Delete" => encode(self.delete(decode(&payload)?).await),
+                "State" => encode(self.state(decode(&payload)?)),
+                "Kill" => empty(self.kill(decode(&payload)?).await),
+                "Wait" => encode(self.wait(decode(&payload)?).await),
+                "Pids" => encode(self.pids(decode(&payload)?).await),
+                "CloseIO" => empty(self.close_io(decode(&payload)?).await),
+                "Connect" => encode(self.connect(decode(&payload)?)),
+                "Shutdown" => empty(self.shutdown(decode(&payload)?)),
+                "Exec" | "ResizePty" | "Pause" | "Resume" | "Update" | "Checkpoint" | "Stats" => {
+                    Err(Error::Unimplemented(format!("{method} is not supported by this shim yet")).to_status())
+                }
+                other => {
+                    let mut s = Status::new();
+                    s.set_code(Code::UNIMPLEMENTED);
+                    s.message = format!("method {other} not found");
+                    Err(s)
+                }
+            }
+        })
+    }
+}
