@@ -55,8 +55,10 @@ pub fn parse(args: &[String]) -> Result<Flags, String> {
         };
         let boolean = |v: Option<String>| -> Result<bool, String> {
             match v.as_deref() {
-                None | Some("true") | Some("1") | Some("t") | Some("T") | Some("TRUE") | Some("True") => Ok(true),
-                Some("false") | Some("0") | Some("f") | Some("F") | Some("FALSE") | Some("False") => Ok(false),
+                None | Some("true") | Some("1") | Some("t") | Some("T") | Some("TRUE")
+                | Some("True") => Ok(true),
+                Some("false") | Some("0") | Some("f") | Some("F") | Some("FALSE")
+                | Some("False") => Ok(false),
                 Some(other) => Err(format!("invalid boolean value {other:?} for -{name}")),
             }
         };
@@ -168,8 +170,14 @@ mod tests {
 
     #[test]
     fn go_flag_forms() {
-        let f = parse(&args("--namespace=ns --id x -debug=false -bundle=/b delete")).unwrap();
-        assert_eq!((f.namespace.as_str(), f.id.as_str(), f.bundle.as_str()), ("ns", "x", "/b"));
+        let f = parse(&args(
+            "--namespace=ns --id x -debug=false -bundle=/b delete",
+        ))
+        .unwrap();
+        assert_eq!(
+            (f.namespace.as_str(), f.id.as_str(), f.bundle.as_str()),
+            ("ns", "x", "/b")
+        );
         assert!(!f.debug);
         assert_eq!(f.action.as_deref(), Some("delete"));
         assert_eq!(parse(&args("-namespace ns")).unwrap().action, None);
@@ -181,8 +189,14 @@ mod tests {
 
     #[test]
     fn runtime_names() {
-        assert_eq!(runtime_name("/usr/bin/containerd-shim-runc-v2"), "io.containerd.runc.v2");
-        assert_eq!(runtime_name("containerd-shim-wedge-v2"), "io.containerd.wedge.v2");
+        assert_eq!(
+            runtime_name("/usr/bin/containerd-shim-runc-v2"),
+            "io.containerd.runc.v2"
+        );
+        assert_eq!(
+            runtime_name("containerd-shim-wedge-v2"),
+            "io.containerd.wedge.v2"
+        );
         assert_eq!(runtime_name("other"), "io.containerd.wedge.v2");
     }
 }

@@ -149,7 +149,11 @@ pub fn should_kill_all_on_exit(config_json: &str) -> bool {
     };
     !nss.iter().any(|ns| {
         ns.get("type").and_then(|t| t.as_str()) == Some("pid")
-            && ns.get("path").and_then(|p| p.as_str()).unwrap_or("").is_empty()
+            && ns
+                .get("path")
+                .and_then(|p| p.as_str())
+                .unwrap_or("")
+                .is_empty()
     })
 }
 
@@ -165,7 +169,9 @@ mod tests {
         assert!(should_kill_all_on_exit(
             r#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/1/ns/pid"}]}}"#
         ));
-        assert!(should_kill_all_on_exit(r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#));
+        assert!(should_kill_all_on_exit(
+            r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#
+        ));
         assert!(should_kill_all_on_exit("not json"));
     }
 }

@@ -234,8 +234,16 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("ns1".into(), "/tasks/start".into(), "containerd.events.TaskStart".into()),
-                ("ns1".into(), "/tasks/exit".into(), "containerd.events.TaskExit".into()),
+                (
+                    "ns1".into(),
+                    "/tasks/start".into(),
+                    "containerd.events.TaskStart".into()
+                ),
+                (
+                    "ns1".into(),
+                    "/tasks/exit".into(),
+                    "containerd.events.TaskExit".into()
+                ),
             ]
         );
     }

@@ -32,7 +32,9 @@ pub fn write(level: &str, msg: std::fmt::Arguments<'_>) {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Formats a time as RFC 3339 with nanoseconds in UTC, as Go's `RFC3339Nano`.

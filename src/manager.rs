@@ -131,18 +131,31 @@ pub fn start(flags: &Flags) -> Result<(), String> {
         cmd.arg0(std::env::args().next().unwrap_or_default())
             .process_group(0);
     }
-    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id, "-address", &flags.address]);
+    cmd.args([
+        "-namespace",
+        &flags.namespace,
+        "-id",
+        &flags.id,
+        "-address",
+        &flags.address,
+    ]);
     if flags.debug {
         cmd.arg("-debug");
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     crate::sys::pass_as_fd3(&mut cmd, &fd);
-    let mut child = cmd.spawn().map_err(|err| cleanup(format!("start shim daemon: {err}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|err| cleanup(format!("start shim daemon: {err}")))?;
     drop(fd);
 
     let setup = || -> Result<(), String> {
         let mut raw = Vec::new();
-        std::io::stdin().read_to_end(&mut raw).map_err(e("read options"))?;
+        std::io::stdin()
+            .read_to_end(&mut raw)
+            .map_err(e("read options"))?;
         let opts = decode_start_options(&raw)?;
         if !opts.shim_cgroup.is_empty() {
             join_cgroup(child.id(), &opts.shim_cgroup)?;
@@ -178,6 +191,20 @@ fn shim_alive(path: &Path) -> bool {
     rx.recv_timeout(Duration::from_millis(100)).unwrap_or(false)
 }
 
+/// Removes the shim socket named by the bundle's `address` file when no
+/// shim answers on it any more (the daemon died), so nothing is left behind.
+/// A live socket (another container of the group still served) is kept.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(addr) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = Path::new(addr.trim().trim_start_matches("unix://"));
+    if !path.starts_with(SOCKET_DIR) || !path.exists() || shim_alive(path) {
+        return;
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 /// Moves `pid` into the cgroup `path` (v2 unified, else every v1 hierarchy).
 fn join_cgroup(pid: u32, path: &str) -> Result<(), String> {
     let rel = path.trim_start_matches('/');
@@ -190,7 +217,8 @@ fn join_cgroup(pid: u32, path: &str) -> Result<(), String> {
     for ent in entries.flatten() {
         let dir = ent.path().join(rel);
         if ent.path().join("cgroup.procs").exists() && dir.is_dir() {
-            std::fs::write(dir.join("cgroup.procs"), pid.to_string()).map_err(e("join shim cgroup"))?;
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .map_err(e("join shim cgroup"))?;
         }
     }
     Ok(())
@@ -198,14 +226,17 @@ fn join_cgroup(pid: u32, path: &str) -> Result<(), String> {
 
 /// Sets the daemon's `oom_score_adj` to containerd's + 1 (clamped).
 fn adjust_oom_score(pid: u32) -> Result<(), String> {
-    let ppid = rustix::process::getppid().map(|p| p.as_raw_nonzero().get()).unwrap_or(1);
+    let ppid = rustix::process::getppid()
+        .map(|p| p.as_raw_nonzero().get())
+        .unwrap_or(1);
     let parent: i32 = std::fs::read_to_string(format!("/proc/{ppid}/oom_score_adj"))
         .map_err(e("read oom_score_adj"))?
         .trim()
         .parse()
         .map_err(e("parse oom_score_adj"))?;
     let score = (parent + 1).clamp(-1000, 1000);
-    std::fs::write(format!("/proc/{pid}/oom_score_adj"), score.to_string()).map_err(e("set oom_score_adj"))
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), score.to_string())
+        .map_err(e("set oom_score_adj"))
 }
 
 /// `delete`: cleans up after a container whose shim may be gone.
@@ -219,7 +250,11 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         .flatten()
         .map(|s| Options::from_json(&s))
         .unwrap_or_default();
-    let binary = if binary.trim().is_empty() { "runc".to_string() } else { binary.trim().to_string() };
+    let binary = if binary.trim().is_empty() {
+        "runc".to_string()
+    } else {
+        binary.trim().to_string()
+    };
     let out = Command::new(&binary)
         .args(["--root", &opts.runtime_root(&flags.namespace), "--log"])
         .arg(dir.join("log.json"))
@@ -229,12 +264,16 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         .output();
     match out {
         Ok(o) if !o.status.success() => {
-            eprintln!("{binary} delete: {}", String::from_utf8_lossy(&o.stderr).trim());
+            eprintln!(
+                "{binary} delete: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
         }
         Err(err) => eprintln!("{binary} delete: {err}"),
         _ => {}
     }
     crate::mount::unmount_all(&dir.join("rootfs")).map_err(|err| err.to_string())?;
+    remove_dead_socket(&dir);
     let pid = std::fs::read_to_string(dir.join("init.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
@@ -246,7 +285,9 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         ..Default::default()
     };
     let bytes = resp.write_to_bytes().map_err(e("encode"))?;
-    std::io::stdout().write_all(&bytes).map_err(e("write response"))?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(e("write response"))?;
     Ok(())
 }
 
@@ -260,7 +301,10 @@ mod tests {
         assert_eq!(group_id("{}", id), "c1");
         assert_eq!(group_id("not json", id), "c1");
         assert_eq!(
-            group_id(r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod"}}"#, id),
+            group_id(
+                r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod"}}"#,
+                id
+            ),
             "pod"
         );
         assert_eq!(
@@ -283,7 +327,10 @@ mod tests {
         assert_eq!(p, Path::new(SOCKET_DIR).join(expect));
         assert_eq!(p.file_name().unwrap().len(), 64);
         // filepath.Join cleans: doubled or trailing slashes do not change it.
-        assert_eq!(socket_path("/run/containerd/containerd.sock/", "default", "c1"), p);
+        assert_eq!(
+            socket_path("/run/containerd/containerd.sock/", "default", "c1"),
+            p
+        );
     }
 
     #[test]

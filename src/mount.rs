@@ -236,7 +236,10 @@ mod tests {
         };
         mount_all(&[spec], dst.path()).unwrap();
         assert!(dst.path().join("f").exists());
-        assert!(std::fs::write(dst.path().join("g"), b"y").is_err(), "read-only");
+        assert!(
+            std::fs::write(dst.path().join("g"), b"y").is_err(),
+            "read-only"
+        );
         unmount_all(dst.path()).unwrap();
         assert!(!dst.path().join("f").exists());
         unmount_all(dst.path()).unwrap();

@@ -210,7 +210,9 @@ struct RuntimeOptionsMsg {
 }
 
 /// Decodes `runtimeoptions.v1.Options{type_url=1, config_path=2, config_body=3}`.
-fn decode_runtimeoptions(value: &[u8]) -> containerd_shim_protos::protobuf::Result<RuntimeOptionsMsg> {
+fn decode_runtimeoptions(
+    value: &[u8],
+) -> containerd_shim_protos::protobuf::Result<RuntimeOptionsMsg> {
     let mut is = CodedInputStream::from_bytes(value);
     let mut m = RuntimeOptionsMsg::default();
     while let Some(tag) = is.read_raw_tag_or_eof()? {

@@ -150,11 +150,15 @@ mod tests {
     // Reaps with waitpid(-1): run under nextest (one process per test) so no
     // other test's children are collected.
     #[tokio::test]
+    #[allow(clippy::zombie_processes)] // the Reaper under test collects them
     async fn delivers_exit_codes_and_signals() {
         let reaper = Reaper::new();
         let mut sub = reaper.subscribe();
         let ok = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
-        let killed = Command::new("sh").args(["-c", "kill -9 $$"]).spawn().unwrap();
+        let killed = Command::new("sh")
+            .args(["-c", "kill -9 $$"])
+            .spawn()
+            .unwrap();
         tokio::spawn(reaper.clone().run());
         let mut seen = std::collections::HashMap::new();
         while seen.len() < 2 {

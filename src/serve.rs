@@ -38,14 +38,16 @@ fn redirect_log() {
 
 fn listener(flags: &Flags) -> Result<(tokio::net::UnixListener, Option<PathBuf>), String> {
     let std_listener = if flags.socket.is_empty() {
-        let fd: OwnedFd = crate::sys::take_listener_fd().map_err(|e| format!("listener fd 3: {e}"))?;
+        let fd: OwnedFd =
+            crate::sys::take_listener_fd().map_err(|e| format!("listener fd 3: {e}"))?;
         std::os::unix::net::UnixListener::from(fd)
     } else {
         if flags.socket.len() > 106 {
             return Err(format!("socket path {} is too long", flags.socket));
         }
         let _ = std::fs::remove_file(&flags.socket);
-        let l = std::os::unix::net::UnixListener::bind(&flags.socket).map_err(|e| format!("listen: {e}"))?;
+        let l = std::os::unix::net::UnixListener::bind(&flags.socket)
+            .map_err(|e| format!("listen: {e}"))?;
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&flags.socket, std::fs::Permissions::from_mode(0o600));
         l
@@ -57,12 +59,14 @@ fn listener(flags: &Flags) -> Result<(tokio::net::UnixListener, Option<PathBuf>)
         .local_addr()
         .ok()
         .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()));
-    let l = tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+    let l =
+        tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
     Ok((l, path))
 }
 
 /// Runs the daemon until shutdown.
 pub fn run(flags: &Flags) -> Result<(), String> {
+    crate::sys::close_inherited_fds();
     redirect_log();
     become_subreaper().map_err(|e| format!("set child subreaper: {e}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -97,10 +101,19 @@ async fn serve(flags: &Flags) -> Result<(), String> {
         Arc::new(move |cfg| Arc::new(Runc::new(cfg, reaper.clone())) as Arc<dyn Runtime>)
     };
     let shutdown = Arc::new(Notify::new());
-    let service = TaskService::new(flags.namespace.clone(), factory, events.clone(), shutdown.clone());
+    let service = TaskService::new(
+        flags.namespace.clone(),
+        factory,
+        events.clone(),
+        shutdown.clone(),
+    );
     tokio::spawn(service.clone().handle_exits(service_exits));
     tokio::spawn(crate::ttrpc::serve(listener, service.clone()));
-    crate::info!("wedge shim started, namespace {} id {}", flags.namespace, flags.id);
+    crate::info!(
+        "wedge shim started, namespace {} id {}",
+        flags.namespace,
+        flags.id
+    );
 
     tokio::select! {
         _ = shutdown.notified() => crate::info!("shutdown requested"),

@@ -154,7 +154,8 @@ async fn serve_conn<D: Dispatch>(stream: UnixStream, handler: Arc<D>) {
                     Err(s) => resp.status = Some(s).into(),
                 },
                 Err(e) => {
-                    resp.status = Some(status(Code::INVALID_ARGUMENT, format!("bad request: {e}"))).into()
+                    resp.status =
+                        Some(status(Code::INVALID_ARGUMENT, format!("bad request: {e}"))).into()
                 }
             }
             let payload = match resp.write_to_bytes() {
@@ -258,7 +259,8 @@ impl Client {
         let f = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout)??;
-        let resp = Response::parse_from_bytes(&f.payload).map_err(|e| ClientError::Proto(e.to_string()))?;
+        let resp = Response::parse_from_bytes(&f.payload)
+            .map_err(|e| ClientError::Proto(e.to_string()))?;
         if let Some(s) = resp.status.as_ref() {
             if s.code() != Code::OK {
                 return Err(ClientError::Status {
@@ -307,22 +309,35 @@ mod tests {
         // A slow call on one connection must not hold up another connection.
         let mut slow = Client::connect(addr).await.unwrap();
         let slow_call = tokio::spawn(async move {
-            slow.call("s", "Slow", vec![], &[], Duration::from_millis(200)).await
+            slow.call("s", "Slow", vec![], &[], Duration::from_millis(200))
+                .await
         });
         let mut c = Client::connect(addr).await.unwrap();
         let out = c
-            .call("s", "Echo", b"hello".to_vec(), &[("k", "v")], Duration::from_secs(5))
+            .call(
+                "s",
+                "Echo",
+                b"hello".to_vec(),
+                &[("k", "v")],
+                Duration::from_secs(5),
+            )
             .await
             .unwrap();
         assert_eq!(out, b"hello");
-        match c.call("s", "Nope", vec![], &[], Duration::from_secs(5)).await {
+        match c
+            .call("s", "Nope", vec![], &[], Duration::from_secs(5))
+            .await
+        {
             Err(ClientError::Status { code, message }) => {
                 assert_eq!(code, Code::UNIMPLEMENTED);
                 assert_eq!(message, "s/Nope");
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(slow_call.await.unwrap(), Err(ClientError::Timeout)));
+        assert!(matches!(
+            slow_call.await.unwrap(),
+            Err(ClientError::Timeout)
+        ));
     }
 
     #[tokio::test]

@@ -75,12 +75,13 @@ impl Status {
                 Error::NotFound("process already deleted".into())
             }
             (_, Op::Start) => Error::Unknown(format!("cannot start a {} process", self.name())),
-            (_, Op::Delete) => Error::FailedPrecondition(format!(
-                "cannot delete a {} process",
-                self.name()
-            )),
+            (_, Op::Delete) => {
+                Error::FailedPrecondition(format!("cannot delete a {} process", self.name()))
+            }
             (_, Op::Pause) => Error::Unknown(format!("cannot pause task in {} state", self.name())),
-            (_, Op::Resume) => Error::Unknown(format!("cannot resume task in {} state", self.name())),
+            (_, Op::Resume) => {
+                Error::Unknown(format!("cannot resume task in {} state", self.name()))
+            }
             (_, Op::Kill) => Error::Unknown(format!("cannot kill a {} process", self.name())),
         })
     }
@@ -111,7 +112,10 @@ mod tests {
             (Deleted, [false, false, false, false, false]),
         ];
         for (st, allowed) in table {
-            for (op, ok) in [Start, Delete, Kill, Pause, Resume].into_iter().zip(allowed) {
+            for (op, ok) in [Start, Delete, Kill, Pause, Resume]
+                .into_iter()
+                .zip(allowed)
+            {
                 assert_eq!(st.check(op).is_ok(), ok, "{st:?} {op:?}");
             }
         }
@@ -120,7 +124,10 @@ mod tests {
     #[test]
     fn error_codes() {
         assert!(matches!(Deleted.check(Kill), Err(Error::NotFound(_))));
-        assert!(matches!(Running.check(Delete), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(
+            Running.check(Delete),
+            Err(Error::FailedPrecondition(_))
+        ));
         assert_eq!(
             Created.check(Pause).unwrap_err().to_string(),
             "cannot pause task in created state"

@@ -37,7 +37,8 @@ impl Runtime for FakeRuntime {
     fn create(&self, opts: CreateOpts, _stdio: ProcessStdio) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.record("create", format!("create {}", opts.id))?;
-            std::fs::write(&opts.pid_file, self.pid.to_string()).map_err(|e| RuntimeError::Output(e.to_string()))
+            std::fs::write(&opts.pid_file, self.pid.to_string())
+                .map_err(|e| RuntimeError::Output(e.to_string()))
         })
     }
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
@@ -50,6 +51,9 @@ impl Runtime for FakeRuntime {
         Box::pin(async move { self.record("delete", format!("delete {id} force={force}")) })
     }
     fn ps<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<u32>>> {
-        Box::pin(async move { self.record("ps", format!("ps {id}")).map(|_| self.ps.clone()) })
+        Box::pin(async move {
+            self.record("ps", format!("ps {id}"))
+                .map(|_| self.ps.clone())
+        })
     }
 }

@@ -59,18 +59,18 @@ impl Runc {
         a
     }
 
-    async fn run(
-        &self,
-        args: Vec<OsString>,
-        stdio: Option<ProcessStdio>,
-    ) -> Result<Output> {
+    async fn run(&self, args: Vec<OsString>, stdio: Option<ProcessStdio>) -> Result<Output> {
         let command = args
             .first()
             .map(|a| a.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let log_start = std::fs::metadata(&self.cfg.log).map(|m| m.len()).unwrap_or(0);
+        let log_start = std::fs::metadata(&self.cfg.log)
+            .map(|m| m.len())
+            .unwrap_or(0);
         let mut cmd = Command::new(&self.cfg.binary);
-        cmd.args(self.global_args()).args(&args).env_remove("NOTIFY_SOCKET");
+        cmd.args(self.global_args())
+            .args(&args)
+            .env_remove("NOTIFY_SOCKET");
         let capture = stdio.is_none();
         match stdio {
             Some(s) => {
@@ -112,7 +112,10 @@ impl Runc {
             message = String::from_utf8_lossy(&err).trim().to_string();
         }
         if message.is_empty() {
-            message = format!("{} {} exited with status {}", self.cfg.binary, command, exit.status);
+            message = format!(
+                "{} {} exited with status {}",
+                self.cfg.binary, command, exit.status
+            );
         }
         Err(RuntimeError::Failed {
             command,
@@ -143,7 +146,7 @@ pub fn last_error(log: &Path, from: u64) -> Option<String> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
         .filter_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
-        .last()
+        .next_back()
 }
 
 impl Runtime for Runc {
@@ -168,7 +171,11 @@ impl Runtime for Runc {
     }
 
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.run(vec!["start".into(), id.into()], None).await.map(|_| ()) })
+        Box::pin(async move {
+            self.run(vec!["start".into(), id.into()], None)
+                .await
+                .map(|_| ())
+        })
     }
 
     fn kill<'a>(&'a self, id: &'a str, signal: u32, all: bool) -> BoxFuture<'a, Result<()>> {
@@ -197,7 +204,10 @@ impl Runtime for Runc {
     fn ps<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<u32>>> {
         Box::pin(async move {
             let out = self
-                .run(vec!["ps".into(), "--format".into(), "json".into(), id.into()], None)
+                .run(
+                    vec!["ps".into(), "--format".into(), "json".into(), id.into()],
+                    None,
+                )
                 .await?;
             parse_ps(&out.stdout)
         })
@@ -258,7 +268,10 @@ mod tests {
         let mut s = std::fs::read_to_string(&p).unwrap();
         s.push_str("{\"level\":\"info\",\"msg\":\"x\"}\n{\"level\":\"error\",\"msg\":\"container not running\"}\n");
         std::fs::write(&p, s).unwrap();
-        assert_eq!(last_error(&p, start).as_deref(), Some("container not running"));
+        assert_eq!(
+            last_error(&p, start).as_deref(),
+            Some("container not running")
+        );
         assert_eq!(last_error(&p, 0).as_deref(), Some("container not running"));
     }
 

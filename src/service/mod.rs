@@ -66,7 +66,10 @@ impl Dispatch for TaskService {
                 "Connect" => encode(self.connect(decode(&payload)?)),
                 "Shutdown" => empty(self.shutdown(decode(&payload)?)),
                 "Exec" | "ResizePty" | "Pause" | "Resume" | "Update" | "Checkpoint" | "Stats" => {
-                    Err(Error::Unimplemented(format!("{method} is not supported by this shim yet")).to_status())
+                    Err(
+                        Error::Unimplemented(format!("{method} is not supported by this shim yet"))
+                            .to_status(),
+                    )
                 }
                 other => {
                     let mut s = Status::new();

@@ -171,7 +171,10 @@ impl TaskService {
         }
         let bundle = PathBuf::from(&req.bundle);
         if !bundle.is_absolute() || !bundle.is_dir() {
-            return Err(Error::InvalidArgument(format!("bundle {:?} is not a directory", req.bundle)));
+            return Err(Error::InvalidArgument(format!(
+                "bundle {:?} is not a directory",
+                req.bundle
+            )));
         }
         let opts = Options::from_any(req.options.as_ref())?;
         {
@@ -218,7 +221,12 @@ impl TaskService {
         })
     }
 
-    async fn create_reserved(&self, req: &CreateTaskRequest, bundle: &Path, opts: Options) -> Result<Arc<Container>> {
+    async fn create_reserved(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: &Path,
+        opts: Options,
+    ) -> Result<Arc<Container>> {
         let rootfs = bundle.join("rootfs");
         let mounts: Vec<MountSpec> = req
             .rootfs
@@ -253,7 +261,8 @@ impl TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let (mut io, cside) = ProcessIo::open(&stdio, opts.io_uid, opts.io_gid).map_err(|e| undo(e.into()))?;
+        let (mut io, cside) =
+            ProcessIo::open(&stdio, opts.io_uid, opts.io_gid).map_err(|e| undo(e.into()))?;
         let runtime = (self.factory)(RuntimeConfig {
             binary: opts.binary().to_string(),
             root: opts.runtime_root(&self.namespace),
@@ -271,20 +280,33 @@ impl TaskService {
         };
         if let Err(e) = runtime.create(create, cside).await {
             io.shutdown(Duration::from_millis(100)).await;
-            return Err(undo(Error::Unknown(format!("OCI runtime create failed: {e}"))));
+            return Err(undo(Error::Unknown(format!(
+                "OCI runtime create failed: {e}"
+            ))));
         }
         let pid = match std::fs::read_to_string(&pid_file).map(|s| s.trim().parse::<u32>()) {
             Ok(Ok(pid)) if pid > 0 => pid,
             other => {
                 let _ = runtime.delete(&req.id, true).await;
                 io.shutdown(Duration::from_millis(100)).await;
-                return Err(undo(Error::Unknown(format!("read init pid file: {other:?}"))));
+                return Err(undo(Error::Unknown(format!(
+                    "read init pid file: {other:?}"
+                ))));
             }
         };
         let kill_all = std::fs::read_to_string(bundle.join("config.json"))
             .map(|s| should_kill_all_on_exit(&s))
             .unwrap_or(true);
-        let c = Container::new(req.id.clone(), bundle.to_path_buf(), mounted, runtime, stdio, pid, kill_all, io);
+        let c = Container::new(
+            req.id.clone(),
+            bundle.to_path_buf(),
+            mounted,
+            runtime,
+            stdio,
+            pid,
+            kill_all,
+            io,
+        );
         lock(&self.containers).insert(req.id.clone(), c.clone());
         Ok(c)
     }
@@ -372,7 +394,10 @@ impl TaskService {
     /// Kill: `runtime kill [--all]`, errors normalised as containerd expects.
     pub async fn kill(&self, req: KillRequest) -> Result<()> {
         if req.signal > 64 {
-            return Err(Error::InvalidArgument(format!("invalid signal {}", req.signal)));
+            return Err(Error::InvalidArgument(format!(
+                "invalid signal {}",
+                req.signal
+            )));
         }
         Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
@@ -381,7 +406,10 @@ impl TaskService {
         if st.status == Status::Stopped && !req.all {
             return Err(Error::NotFound("process already finished".into()));
         }
-        c.runtime.kill(&c.id, req.signal, req.all).await.map_err(kill_error)
+        c.runtime
+            .kill(&c.id, req.signal, req.all)
+            .await
+            .map_err(kill_error)
     }
 
     /// Wait: blocks until init exits.
@@ -424,7 +452,10 @@ impl TaskService {
 
     /// Connect: the shim's pid and the task's init pid.
     pub fn connect(&self, req: ConnectRequest) -> Result<ConnectResponse> {
-        let task_pid = lock(&self.containers).get(&req.id).map(|c| c.pid).unwrap_or(0);
+        let task_pid = lock(&self.containers)
+            .get(&req.id)
+            .map(|c| c.pid)
+            .unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -523,45 +554,108 @@ mod tests {
         assert_eq!(next_topic(&mut h).await, "/tasks/create");
         assert!(h.bundle.path().join("options.json").exists());
         assert!(h.bundle.path().join("runtime").exists());
-        let st = |h: &Harness| h.svc.state(StateRequest { id: "c1".into(), ..Default::default() }).unwrap();
-        assert_eq!(st(&h).status.enum_value().unwrap(), containerd_shim_protos::types::task::Status::CREATED);
+        let st = |h: &Harness| {
+            h.svc
+                .state(StateRequest {
+                    id: "c1".into(),
+                    ..Default::default()
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            st(&h).status.enum_value().unwrap(),
+            containerd_shim_protos::types::task::Status::CREATED
+        );
 
-        h.svc.start(StartRequest { id: "c1".into(), ..Default::default() }).await.unwrap();
+        h.svc
+            .start(StartRequest {
+                id: "c1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(next_topic(&mut h).await, "/tasks/start");
-        assert_eq!(st(&h).status.enum_value().unwrap(), containerd_shim_protos::types::task::Status::RUNNING);
+        assert_eq!(
+            st(&h).status.enum_value().unwrap(),
+            containerd_shim_protos::types::task::Status::RUNNING
+        );
 
         // Start again is refused before any runtime call.
         let calls = h.rt.calls.lock().unwrap().len();
-        assert!(h.svc.start(StartRequest { id: "c1".into(), ..Default::default() }).await.is_err());
+        assert!(h
+            .svc
+            .start(StartRequest {
+                id: "c1".into(),
+                ..Default::default()
+            })
+            .await
+            .is_err());
         assert_eq!(h.rt.calls.lock().unwrap().len(), calls);
 
         // Delete while running is refused.
-        let err = h.svc.delete(DeleteRequest { id: "c1".into(), ..Default::default() }).await.unwrap_err();
+        let err = h
+            .svc
+            .delete(DeleteRequest {
+                id: "c1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)));
 
         let svc = h.svc.clone();
-        let waiter = tokio::spawn(async move { svc.wait(WaitRequest { id: "c1".into(), ..Default::default() }).await });
-        h.reaper.publish(Exit { pid: 4242, status: 3, at: SystemTime::now() });
+        let waiter = tokio::spawn(async move {
+            svc.wait(WaitRequest {
+                id: "c1".into(),
+                ..Default::default()
+            })
+            .await
+        });
+        h.reaper.publish(Exit {
+            pid: 4242,
+            status: 3,
+            at: SystemTime::now(),
+        });
         assert_eq!(next_topic(&mut h).await, "/tasks/exit");
         assert_eq!(waiter.await.unwrap().unwrap().exit_status, 3);
         assert_eq!(st(&h).exit_status, 3);
 
         // A second kill after exit is NotFound, without a runtime call.
-        let err = h.svc.kill(KillRequest { id: "c1".into(), signal: 9, ..Default::default() }).await.unwrap_err();
+        let err = h
+            .svc
+            .kill(KillRequest {
+                id: "c1".into(),
+                signal: 9,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::NotFound(_)), "{err:?}");
 
-        let d = h.svc.delete(DeleteRequest { id: "c1".into(), ..Default::default() }).await.unwrap();
+        let d = h
+            .svc
+            .delete(DeleteRequest {
+                id: "c1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!((d.pid, d.exit_status), (4242, 3));
         assert_eq!(next_topic(&mut h).await, "/tasks/delete");
         assert!(matches!(
-            h.svc.state(StateRequest { id: "c1".into(), ..Default::default() }),
+            h.svc.state(StateRequest {
+                id: "c1".into(),
+                ..Default::default()
+            }),
             Err(Error::NotFound(_))
         ));
         let calls = h.rt.calls.lock().unwrap().clone();
         assert_eq!(calls, ["create c1", "start c1", "delete c1 force=false"]);
         // The pid namespace is private: no kill --all after init exits.
         h.svc.shutdown(ShutdownRequest::default()).unwrap();
-        tokio::time::timeout(Duration::from_secs(1), h.shutdown.notified()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), h.shutdown.notified())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -575,53 +669,150 @@ mod tests {
         let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
         any.type_url = "example.com/Unknown".into();
         req.options = MessageField::some(any);
-        assert!(matches!(h.svc.create(req).await, Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            h.svc.create(req).await,
+            Err(Error::InvalidArgument(_))
+        ));
         let mut req = create_req(&h, "c2");
         req.stdout = "gopher://x".into();
-        assert!(matches!(h.svc.create(req).await, Err(Error::InvalidArgument(_))));
-        let err = h.svc.kill(KillRequest { id: "nope".into(), signal: 9, ..Default::default() }).await.unwrap_err();
+        assert!(matches!(
+            h.svc.create(req).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        let err = h
+            .svc
+            .kill(KillRequest {
+                id: "nope".into(),
+                signal: 9,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.to_string(), "container not created: not found");
         h.svc.create(create_req(&h, "c3")).await.unwrap();
-        let err = h.svc.kill(KillRequest { id: "c3".into(), signal: 99, ..Default::default() }).await.unwrap_err();
+        let err = h
+            .svc
+            .kill(KillRequest {
+                id: "c3".into(),
+                signal: 99,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_)));
-        assert!(matches!(h.svc.create(create_req(&h, "c3")).await, Err(Error::AlreadyExists(_))));
+        assert!(matches!(
+            h.svc.create(create_req(&h, "c3")).await,
+            Err(Error::AlreadyExists(_))
+        ));
         // Shutdown with a container left does nothing.
         h.svc.shutdown(ShutdownRequest::default()).unwrap();
-        assert!(tokio::time::timeout(Duration::from_millis(100), h.shutdown.notified()).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), h.shutdown.notified())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
     async fn runtime_failures_are_reported_and_cleaned_up() {
         let h = harness();
-        h.rt.fail.lock().unwrap().insert("create".into(), "exec: \"nope\": not found".into());
+        h.rt.fail
+            .lock()
+            .unwrap()
+            .insert("create".into(), "exec: \"nope\": not found".into());
         let err = h.svc.create(create_req(&h, "c4")).await.unwrap_err();
-        assert_eq!(err.to_string(), "OCI runtime create failed: exec: \"nope\": not found");
+        assert_eq!(
+            err.to_string(),
+            "OCI runtime create failed: exec: \"nope\": not found"
+        );
         assert!(h.svc.is_empty());
         h.rt.fail.lock().unwrap().clear();
         h.svc.create(create_req(&h, "c4")).await.unwrap();
-        h.rt.fail.lock().unwrap().insert("kill".into(), "container not running".into());
-        let err = h.svc.kill(KillRequest { id: "c4".into(), signal: 15, ..Default::default() }).await.unwrap_err();
+        h.rt.fail
+            .lock()
+            .unwrap()
+            .insert("kill".into(), "container not running".into());
+        let err = h
+            .svc
+            .kill(KillRequest {
+                id: "c4".into(),
+                signal: 15,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::NotFound(ref m) if m == "process already finished"));
-        h.rt.fail.lock().unwrap().insert("kill".into(), "container \"c4\" does not exist".into());
-        let err = h.svc.kill(KillRequest { id: "c4".into(), signal: 15, ..Default::default() }).await.unwrap_err();
+        h.rt.fail
+            .lock()
+            .unwrap()
+            .insert("kill".into(), "container \"c4\" does not exist".into());
+        let err = h
+            .svc
+            .kill(KillRequest {
+                id: "c4".into(),
+                signal: 15,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::NotFound(ref m) if m == "no such container"));
-        h.rt.fail.lock().unwrap().insert("kill".into(), "permission denied".into());
-        let err = h.svc.kill(KillRequest { id: "c4".into(), signal: 15, ..Default::default() }).await.unwrap_err();
+        h.rt.fail
+            .lock()
+            .unwrap()
+            .insert("kill".into(), "permission denied".into());
+        let err = h
+            .svc
+            .kill(KillRequest {
+                id: "c4".into(),
+                signal: 15,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Unknown(_)));
-        let pids = h.svc.pids(PidsRequest { id: "c4".into(), ..Default::default() }).await.unwrap();
-        assert_eq!(pids.processes.iter().map(|p| p.pid).collect::<Vec<_>>(), [4242, 4243]);
+        let pids = h
+            .svc
+            .pids(PidsRequest {
+                id: "c4".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            pids.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            [4242, 4243]
+        );
     }
 
     #[tokio::test]
     async fn shared_pid_namespace_kills_all_on_init_exit() {
         let mut h = harness();
-        std::fs::write(h.bundle.path().join("config.json"), r#"{"linux":{"namespaces":[]}}"#).unwrap();
+        std::fs::write(
+            h.bundle.path().join("config.json"),
+            r#"{"linux":{"namespaces":[]}}"#,
+        )
+        .unwrap();
         h.svc.create(create_req(&h, "c5")).await.unwrap();
-        h.svc.start(StartRequest { id: "c5".into(), ..Default::default() }).await.unwrap();
-        h.reaper.publish(Exit { pid: 4242, status: 0, at: SystemTime::now() });
+        h.svc
+            .start(StartRequest {
+                id: "c5".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        h.reaper.publish(Exit {
+            pid: 4242,
+            status: 0,
+            at: SystemTime::now(),
+        });
         assert_eq!(next_topic(&mut h).await, "/tasks/create");
         assert_eq!(next_topic(&mut h).await, "/tasks/start");
         assert_eq!(next_topic(&mut h).await, "/tasks/exit");
-        assert!(h.rt.calls.lock().unwrap().contains(&"kill c5 9 all=true".to_string()));
+        assert!(h
+            .rt
+            .calls
+            .lock()
+            .unwrap()
+            .contains(&"kill c5 9 all=true".to_string()));
     }
 }

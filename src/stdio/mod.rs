@@ -143,11 +143,13 @@ fn open_log_file(path: &Path) -> Result<OwnedFd, StdioError> {
     let f = OpenOptions::new()
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o644)
         .open(path)
         .map_err(io_err(path))?;
     let fd = OwnedFd::from(f);
-    rustix::fs::seek(&fd, rustix::fs::SeekFrom::End(0)).map_err(|e| StdioError::Io(path.display().to_string(), e.into()))?;
+    rustix::fs::seek(&fd, rustix::fs::SeekFrom::End(0))
+        .map_err(|e| StdioError::Io(path.display().to_string(), e.into()))?;
     Ok(fd)
 }
 
@@ -156,7 +158,11 @@ use std::os::unix::fs::DirBuilderExt;
 impl ProcessIo {
     /// Sets up stdio for a new process. Returns the shim side (relays already
     /// running) and the container side to hand to the runtime.
-    pub fn open(spec: &StdioSpec, uid: u32, gid: u32) -> Result<(ProcessIo, ProcessStdio), StdioError> {
+    pub fn open(
+        spec: &StdioSpec,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(ProcessIo, ProcessStdio), StdioError> {
         let (stdin_t, stdout_t, stderr_t) = (
             parse_target(&spec.stdin)?,
             parse_target(&spec.stdout)?,
@@ -168,9 +174,8 @@ impl ProcessIo {
             stdin_closer: Mutex::new(None),
         };
         let mut cside = ProcessStdio::default();
-        let pipe = || {
-            pipe_with(PipeFlags::CLOEXEC).map_err(|e| StdioError::Io("pipe".into(), e.into()))
-        };
+        let pipe =
+            || pipe_with(PipeFlags::CLOEXEC).map_err(|e| StdioError::Io("pipe".into(), e.into()));
         let chown = |fd: &OwnedFd| {
             if uid != 0 || gid != 0 {
                 let _ = rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
@@ -196,7 +201,8 @@ impl ProcessIo {
                         Some((p, fd)) if p == path => fd.try_clone().map_err(io_err(path))?,
                         _ => {
                             let fd = open_log_file(path)?;
-                            shared_file = Some((path.clone(), fd.try_clone().map_err(io_err(path))?));
+                            shared_file =
+                                Some((path.clone(), fd.try_clone().map_err(io_err(path))?));
                             fd
                         }
                     };
@@ -297,7 +303,10 @@ mod tests {
             parse_target("file:///var/log/c%201.log").unwrap(),
             Target::File("/var/log/c 1.log".into())
         );
-        assert!(matches!(parse_target("file://relative"), Err(StdioError::BadUri(_))));
+        assert!(matches!(
+            parse_target("file://relative"),
+            Err(StdioError::BadUri(_))
+        ));
         match parse_target("gopher://x") {
             Err(e @ StdioError::UnknownScheme(_)) => {
                 assert_eq!(e.to_string(), "unknown STDIO scheme gopher")
@@ -310,7 +319,12 @@ mod tests {
     async fn fifo_output_survives_client_absence_and_file_gets_both_streams() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("out");
-        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
         let log = d.path().join("sub/log");
         let spec = StdioSpec {
             stdout: fifo.display().to_string(),

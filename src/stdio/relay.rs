@@ -38,7 +38,8 @@ fn writable_now(fd: impl AsFd) -> bool {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0) && fds[0].revents().contains(PollFlags::OUT)
+    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+        && fds[0].revents().contains(PollFlags::OUT)
 }
 
 /// Relays `src` (a pipe or FIFO read end) into `sink` until EOF. Returns the
@@ -64,7 +65,14 @@ pub async fn relay(src: OwnedFd, sink: Sink) -> io::Result<u64> {
     loop {
         let mut ready = src.readable().await?;
         let res = if use_splice {
-            splice(src.get_ref(), None, dst.fd(), None, CHUNK, SpliceFlags::NONBLOCK | SpliceFlags::MOVE)
+            splice(
+                src.get_ref(),
+                None,
+                dst.fd(),
+                None,
+                CHUNK,
+                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+            )
         } else {
             copy_once(src.get_ref(), dst.fd(), &mut buf)
         };
@@ -136,7 +144,9 @@ fn copy_once(src: impl AsFd, dst: impl AsFd, buf: &mut Vec<u8>) -> Result<usize,
 async fn drain(src: &AsyncFd<OwnedFd>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let Ok(mut g) = src.readable().await else { return };
+        let Ok(mut g) = src.readable().await else {
+            return;
+        };
         match rustix::io::read(src.get_ref(), &mut buf[..]) {
             Ok(0) => return,
             Ok(_) | Err(Errno::INTR) => {}

@@ -30,6 +30,18 @@ pub fn take_listener_fd() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Closes every descriptor above fd 3 that the daemon inherited (from
+/// containerd or whoever started it), so none can leak into a container.
+/// Must run first in serve mode, before this process opens anything.
+pub fn close_inherited_fds() {
+    // SAFETY: called before the daemon opens any descriptor of its own, so
+    // every fd above 3 is an inherited one that nothing in this process owns;
+    // close_range touches only the descriptor table.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+    }
+}
+
 /// Makes the spawned command receive SIGKILL if the shim dies, so a runtime
 /// call never outlives the shim that waits for it.
 pub fn kill_on_parent_death(cmd: &mut Command) {

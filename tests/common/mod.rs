@@ -1,0 +1,441 @@
+//! End-to-end harness: a private containerd (own root, state, sockets, opt
+//! dir; CRI off) with Wedge on its PATH, a locally built busybox image, and
+//! helpers to drive it through `ctr` and to talk to the shim over ttrpc.
+//!
+//! Every `Env` owns a unique namespace. `assert_clean` checks that nothing of
+//! it is left (shim processes, container processes, sockets, mounts, runtime
+//! state, cgroups); `Drop` removes whatever a failed test left behind.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use containerd_shim_protos::protobuf::Message;
+use wedge::ttrpc::{Client, ClientError};
+
+pub const IMAGE: &str = "docker.io/library/wedge-busybox:latest";
+pub const WEDGE_RUNTIME: &str = "io.containerd.wedge.v2";
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+
+/// How Wedge is installed for this containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Install {
+    /// As `containerd-shim-wedge-v2`, selected with `--runtime io.containerd.wedge.v2`.
+    Wedge,
+    /// As `containerd-shim-runc-v2` first on containerd's PATH (drop-in).
+    DropIn,
+}
+
+impl Install {
+    /// The `--runtime` value ctr should use.
+    pub fn runtime(self) -> &'static str {
+        match self {
+            Install::Wedge => WEDGE_RUNTIME,
+            Install::DropIn => RUNC_RUNTIME,
+        }
+    }
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub address: String,
+    pub ns: String,
+    pub install: Install,
+    containerd: std::process::Child,
+    ids: std::sync::Mutex<Vec<String>>,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn wedge_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-wedge-v2"))
+}
+
+/// Builds (once) and returns the busybox OCI archive.
+pub fn image_tar() -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e/busybox-oci.tar");
+    if !target.exists() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/image/build-busybox-oci.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(&target)
+            .arg(IMAGE)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "image build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    target
+}
+
+impl Env {
+    /// Starts a private containerd with Wedge installed as `install` and the
+    /// image imported into a fresh namespace.
+    pub fn start(install: Install) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("wedge-e2e-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let bin = d.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(d.join("opt")).unwrap();
+        let name = match install {
+            Install::Wedge => "containerd-shim-wedge-v2",
+            Install::DropIn => "containerd-shim-runc-v2",
+        };
+        std::fs::copy(wedge_binary(), bin.join(name)).unwrap();
+        let address = d.join("c.sock").display().to_string();
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "{address}"
+[ttrpc]
+  address = "{address}.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+"#,
+            d = d.display()
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let containerd = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd (apt-get install containerd)");
+        let ns = format!(
+            "wedge-e2e-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let env = Env {
+            dir,
+            address,
+            ns,
+            install,
+            containerd,
+            ids: Default::default(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !env.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                env.containerd_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let tar = image_tar();
+        let out = env.ctr(&["images", "import", tar.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+
+    pub fn containerd_pid(&self) -> u32 {
+        self.containerd.id()
+    }
+
+    pub fn containerd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Runs `ctr -a ADDR -n NS ARGS…` and returns its output.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .args(["-a", &self.address, "-n", &self.ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `ctr` with output captured into files (for large outputs).
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.args(["-a", &self.address, "-n", &self.ns])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Remembers a container id for the leak checks.
+    pub fn track(&self, id: &str) {
+        self.ids.lock().unwrap().push(id.to_string());
+    }
+
+    /// `ctr run` with this env's runtime: returns the output.
+    pub fn run(&self, id: &str, extra: &[&str], cmd: &[&str]) -> Output {
+        self.track(id);
+        let mut args = vec!["run", "--runtime", self.install.runtime()];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// The bundle directory of a task.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.ns)
+            .join(id)
+    }
+
+    /// The pid of the shim daemon serving `id`.
+    pub fn shim_pid(&self, id: &str) -> Option<u32> {
+        let needle = format!("-id {id} -address {}", self.address);
+        processes()
+            .into_iter()
+            .find(|(_, cmd)| cmd.contains(&needle))
+            .map(|(p, _)| p)
+    }
+
+    /// Waits until `ctr task ls` reports `status` for `id`.
+    pub fn wait_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = String::from_utf8_lossy(&self.ctr(&["task", "ls"]).stdout).into_owned();
+            if out.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&id) && f.get(2) == Some(&status)
+            }) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never reached {status}: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Calls the shim of `id` directly over ttrpc.
+    pub fn shim_call<Req: Message, Resp: Message>(
+        &self,
+        id: &str,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, ClientError> {
+        let addr = std::fs::read_to_string(self.bundle(id).join("address")).expect("address file");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = Client::connect(&addr).await?;
+            let out = c
+                .call(
+                    "containerd.task.v2.Task",
+                    method,
+                    req.write_to_bytes().unwrap(),
+                    &[],
+                    Duration::from_secs(10),
+                )
+                .await?;
+            Ok(Resp::parse_from_bytes(&out).unwrap())
+        })
+    }
+
+    /// Asserts that nothing of this env's containers remains.
+    pub fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.leftovers() {
+                v if v.is_empty() => return,
+                v if Instant::now() > deadline => panic!("left behind: {v:#?}"),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (pid, cmd) in processes() {
+            if cmd.contains(&self.address) && cmd.contains("containerd-shim") {
+                v.push(format!("shim process {pid}: {cmd}"));
+            }
+        }
+        for pid in pids_in_namespace_cgroup(&self.ns) {
+            v.push(format!("container process {pid}"));
+        }
+        for id in self.ids.lock().unwrap().iter() {
+            let sock = wedge::manager::socket_path(&self.address, &self.ns, id);
+            if sock.exists() {
+                v.push(format!("socket {}", sock.display()));
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for l in mounts.lines() {
+            if l.contains(self.dir.path().to_str().unwrap()) {
+                v.push(format!("mount {l}"));
+            }
+        }
+        let runc_state = Path::new("/run/containerd/runc").join(&self.ns);
+        if let Ok(rd) = std::fs::read_dir(&runc_state) {
+            for e in rd.flatten() {
+                v.push(format!("runtime state {}", e.path().display()));
+            }
+        }
+        for h in cgroup_hierarchies() {
+            if let Ok(rd) = std::fs::read_dir(h.join(&self.ns)) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        v.push(format!("cgroup {}", e.path().display()));
+                    }
+                }
+            }
+        }
+        v
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Stop containers and shims that a failed test left running.
+        for (pid, cmd) in processes() {
+            if cmd.contains(&self.address) && cmd.contains("containerd-shim") {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+        for pid in pids_in_namespace_cgroup(&self.ns) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.containerd.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.containerd.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.containerd.kill();
+        let _ = self.containerd.wait();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|p| p.starts_with(self.dir.path().to_str().unwrap()))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").args(["-l", p]).status();
+        }
+        let _ = Command::new("rm")
+            .arg("-rf")
+            .arg(Path::new("/run/containerd/runc").join(&self.ns))
+            .status();
+        for id in self.ids.lock().unwrap().iter() {
+            let _ = std::fs::remove_file(wedge::manager::socket_path(&self.address, &self.ns, id));
+        }
+        for h in cgroup_hierarchies() {
+            let d = h.join(&self.ns);
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}
+
+/// Every process as (pid, space-joined cmdline).
+pub fn processes() -> Vec<(u32, String)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = raw
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !cmd.is_empty() {
+            v.push((pid, cmd));
+        }
+    }
+    v
+}
+
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("cgroup.procs").exists())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Pids whose cgroup path lies under `/<ns>/` (where runc puts containers
+/// that ctr creates).
+pub fn pids_in_namespace_cgroup(ns: &str) -> Vec<u32> {
+    let needle = format!(":/{ns}/");
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cg) = std::fs::read_to_string(e.path().join("cgroup")) {
+            if cg.contains(&needle) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,602 @@
+//! End-to-end: Wedge under a real containerd, driven by `ctr` and, for exact
+//! error codes, by ttrpc calls to the shim's own socket. Every scenario runs
+//! twice: installed as `containerd-shim-wedge-v2` and as a drop-in
+//! `containerd-shim-runc-v2`.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::shim::shim::*;
+use containerd_shim_protos::ttrpc::Code;
+use containerd_shim_protos::types::task::Status;
+use wedge::ttrpc::ClientError;
+
+macro_rules! both_installs {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn wedge() {
+                super::$name(super::Install::Wedge)
+            }
+            #[test]
+            fn drop_in() {
+                super::$name(super::Install::DropIn)
+            }
+        }
+    )*};
+}
+
+both_installs!(
+    exit_codes,
+    stdout_and_stderr_are_separate_and_complete,
+    file_log_is_complete,
+    detached_container_outlives_its_client,
+    kill_wait_state_delete,
+    error_codes,
+    kill_after_runtime_deleted_the_container,
+    events_are_published_in_order,
+    dead_shim_is_cleaned_up_by_delete,
+);
+
+fn code_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Code {
+    match r {
+        Err(ClientError::Status { code, .. }) => code,
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+fn exit_codes(install: Install) {
+    let env = Env::start(install);
+    for (id, script, want) in [("zero", "exit 0", 0), ("three", "exit 3", 3)] {
+        let out = env.run(id, &["--rm"], &["sh", "-c", script]);
+        assert_eq!(out.status.code(), Some(want), "{id}: {}", stderr(&out));
+    }
+    // Null IO: no FIFOs at all.
+    let out = env.run(
+        "nullio",
+        &["--rm", "--null-io"],
+        &["sh", "-c", "echo invisible; exit 5"],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("invisible"));
+    // Killed by SIGKILL from outside: 128 + 9.
+    env.track("killed");
+    let mut client = env
+        .ctr_cmd(&[
+            "run",
+            "--rm",
+            "--runtime",
+            install.runtime(),
+            IMAGE,
+            "killed",
+            "sleep",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_status("killed", "RUNNING");
+    assert!(env
+        .ctr(&["task", "kill", "-s", "KILL", "killed"])
+        .status
+        .success());
+    assert_eq!(client.wait().unwrap().code(), Some(137));
+    env.assert_clean();
+}
+
+fn stdout_and_stderr_are_separate_and_complete(install: Install) {
+    let env = Env::start(install);
+    let out = env.run(
+        "io",
+        &["--rm"],
+        &[
+            "sh",
+            "-c",
+            "seq 1 200000; seq 1 3000 | sed s/^/err/ >&2; exit 0",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want_out: String = (1..=200000).map(|i| format!("{i}\n")).collect();
+    let want_err: String = (1..=3000).map(|i| format!("err{i}\n")).collect();
+    assert!(
+        stdout(&out) == want_out,
+        "stdout differs ({} bytes, want {})",
+        out.stdout.len(),
+        want_out.len()
+    );
+    assert_eq!(stderr(&out), want_err);
+    env.assert_clean();
+}
+
+fn file_log_is_complete(install: Install) {
+    let env = Env::start(install);
+    let log = env.dir.path().join("logs/sub/c.log");
+    let uri = format!("file://{}", log.display());
+    let out = env.run(
+        "filelog",
+        &["--rm", "--log-uri", &uri],
+        &["sh", "-c", "seq 1 100000; seq 1 500 | sed s/^/e/ >&2"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut got: Vec<&str> = text.lines().collect();
+    got.sort_unstable();
+    let mut want: Vec<String> = (1..=100000)
+        .map(|i| i.to_string())
+        .chain((1..=500).map(|i| format!("e{i}")))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "file log content differs");
+    // Both streams arrive in order within themselves.
+    let outs: Vec<u32> = text
+        .lines()
+        .filter(|l| !l.starts_with('e'))
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(outs.windows(2).all(|w| w[0] < w[1]));
+    env.assert_clean();
+}
+
+fn detached_container_outlives_its_client(install: Install) {
+    let env = Env::start(install);
+    let out = env.run(
+        "bg",
+        &["-d"],
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 0.02; done",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The client is gone; the container keeps writing and must not die of SIGPIPE.
+    std::thread::sleep(Duration::from_millis(1500));
+    env.wait_status("bg", "RUNNING");
+    let st: StateResponse = env
+        .shim_call(
+            "bg",
+            "State",
+            &StateRequest {
+                id: "bg".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(st.status.enum_value().unwrap(), Status::RUNNING);
+    assert!(alive(st.pid));
+    assert!(env
+        .ctr(&["task", "kill", "-s", "KILL", "bg"])
+        .status
+        .success());
+    env.wait_status("bg", "STOPPED");
+    let st: StateResponse = env
+        .shim_call(
+            "bg",
+            "State",
+            &StateRequest {
+                id: "bg".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(st.exit_status, 137);
+    assert!(env.ctr(&["task", "rm", "bg"]).status.success());
+    assert!(env.ctr(&["container", "rm", "bg"]).status.success());
+    env.assert_clean();
+}
+
+fn kill_wait_state_delete(install: Install) {
+    let env = Env::start(install);
+    let out = env.run("kw", &["-d"], &["sleep", "600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("kw", "RUNNING");
+    let shim = env.shim_pid("kw").expect("shim daemon");
+    let exe = std::fs::read_link(format!("/proc/{shim}/exe")).unwrap();
+    let want = match install {
+        Install::Wedge => "containerd-shim-wedge-v2",
+        Install::DropIn => "containerd-shim-runc-v2",
+    };
+    assert_eq!(
+        exe,
+        env.dir.path().join("bin").join(want),
+        "the shim is Wedge"
+    );
+    let threads = std::fs::read_to_string(format!("/proc/{shim}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Threads:")
+                .map(|v| v.trim().parse::<u32>().unwrap())
+        })
+        .unwrap();
+    assert!(threads <= 2, "shim runs {threads} threads");
+    // oom_score_adj is containerd's + 1 (clamped), as the Go shim sets it.
+    let score = |pid: u32| -> i32 {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        score(shim),
+        (score(env.containerd_pid()) + 1).clamp(-1000, 1000)
+    );
+
+    let state: StateResponse = env
+        .shim_call(
+            "kw",
+            "State",
+            &StateRequest {
+                id: "kw".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(state.status.enum_value().unwrap(), Status::RUNNING);
+    let ps = stdout(&env.ctr(&["task", "ps", "kw"]));
+    assert!(ps.contains(&state.pid.to_string()), "ctr task ps: {ps}");
+
+    // Wait blocks in one call while other calls are answered.
+    let waiter = {
+        let addr = std::fs::read_to_string(env.bundle("kw").join("address")).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let mut c = wedge::ttrpc::Client::connect(&addr).await.unwrap();
+                let req = WaitRequest {
+                    id: "kw".into(),
+                    ..Default::default()
+                };
+                use containerd_shim_protos::protobuf::Message;
+                let out = c
+                    .call(
+                        "containerd.task.v2.Task",
+                        "Wait",
+                        req.write_to_bytes().unwrap(),
+                        &[],
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .unwrap();
+                WaitResponse::parse_from_bytes(&out).unwrap()
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let _: StateResponse = env
+        .shim_call(
+            "kw",
+            "State",
+            &StateRequest {
+                id: "kw".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(!waiter.is_finished());
+    assert!(t.elapsed() < Duration::from_secs(5));
+
+    assert!(env
+        .ctr(&["task", "kill", "-s", "KILL", "kw"])
+        .status
+        .success());
+    let w = waiter.join().unwrap();
+    assert_eq!(w.exit_status, 137);
+    assert!(w.exited_at.is_some());
+    let state: StateResponse = env
+        .shim_call(
+            "kw",
+            "State",
+            &StateRequest {
+                id: "kw".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(state.status.enum_value().unwrap(), Status::STOPPED);
+    assert_eq!(state.exit_status, 137);
+    assert!(!alive(state.pid));
+
+    // A second kill after exit is NotFound, through ctr and directly.
+    let again = env.ctr(&["task", "kill", "-s", "KILL", "kw"]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("not found"), "{}", stderr(&again));
+    let direct: Result<Empty, _> = env.shim_call(
+        "kw",
+        "Kill",
+        &KillRequest {
+            id: "kw".into(),
+            signal: 9,
+            ..Default::default()
+        },
+    );
+    assert_eq!(code_of(direct), Code::NOT_FOUND);
+
+    assert!(env.ctr(&["task", "rm", "kw"]).status.success());
+    assert!(env.ctr(&["container", "rm", "kw"]).status.success());
+    // The shim exits once its last container is deleted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(shim) {
+        assert!(Instant::now() < deadline, "shim {shim} still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.assert_clean();
+}
+
+fn error_codes(install: Install) {
+    let env = Env::start(install);
+    let out = env.run("ec", &["-d"], &["sleep", "600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("ec", "RUNNING");
+    let call = |method: &str, req: &dyn Fn() -> Vec<u8>| -> Code {
+        let addr = std::fs::read_to_string(env.bundle("ec").join("address")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = wedge::ttrpc::Client::connect(&addr).await.unwrap();
+            match c
+                .call(
+                    "containerd.task.v2.Task",
+                    method,
+                    req(),
+                    &[],
+                    Duration::from_secs(10),
+                )
+                .await
+            {
+                Ok(_) => Code::OK,
+                Err(ClientError::Status { code, .. }) => code,
+                Err(e) => panic!("{method}: {e}"),
+            }
+        })
+    };
+    use containerd_shim_protos::protobuf::Message;
+    let kill = |id: &str, signal: u32| {
+        let r = KillRequest {
+            id: id.into(),
+            signal,
+            ..Default::default()
+        };
+        move || r.write_to_bytes().unwrap()
+    };
+    assert_eq!(call("Kill", &kill("nope", 9)), Code::NOT_FOUND);
+    assert_eq!(call("Kill", &kill("ec", 99)), Code::INVALID_ARGUMENT);
+    assert_eq!(
+        call("State", &|| StateRequest {
+            id: "nope".into(),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap()),
+        Code::NOT_FOUND
+    );
+    assert_eq!(
+        call("State", &|| StateRequest {
+            id: "ec".into(),
+            exec_id: "x".into(),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap()),
+        Code::NOT_FOUND
+    );
+    assert_eq!(
+        call("Start", &|| StartRequest {
+            id: "ec".into(),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap()),
+        Code::UNKNOWN
+    );
+    assert_eq!(
+        call("Delete", &|| DeleteRequest {
+            id: "ec".into(),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap()),
+        Code::FAILED_PRECONDITION
+    );
+    assert_eq!(
+        call("Kill", &|| vec![0xff, 0xff, 0xff]),
+        Code::INVALID_ARGUMENT
+    );
+    assert_eq!(call("NoSuchMethod", &Vec::new), Code::UNIMPLEMENTED);
+    let bundle = env.bundle("ec").display().to_string();
+    let bad_opts = || {
+        let mut any = Any::new();
+        any.type_url = "example.com/NotOptions".into();
+        any.value = vec![1, 2, 3];
+        CreateTaskRequest {
+            id: "other".into(),
+            bundle: bundle.clone(),
+            options: MessageField::some(any),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap()
+    };
+    assert_eq!(call("Create", &bad_opts), Code::INVALID_ARGUMENT);
+    let dup = || {
+        CreateTaskRequest {
+            id: "ec".into(),
+            bundle: bundle.clone(),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap()
+    };
+    assert_eq!(call("Create", &dup), Code::ALREADY_EXISTS);
+    let traversal = || {
+        CreateTaskRequest {
+            id: "../x".into(),
+            bundle: bundle.clone(),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap()
+    };
+    assert_eq!(call("Create", &traversal), Code::INVALID_ARGUMENT);
+    // After all that the shim still serves its container.
+    assert_eq!(
+        call("State", &|| StateRequest {
+            id: "ec".into(),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap()),
+        Code::OK
+    );
+    assert!(env
+        .ctr(&["task", "kill", "-s", "KILL", "ec"])
+        .status
+        .success());
+    env.wait_status("ec", "STOPPED");
+    assert!(env.ctr(&["task", "rm", "ec"]).status.success());
+    assert!(env.ctr(&["container", "rm", "ec"]).status.success());
+    env.assert_clean();
+}
+
+fn kill_after_runtime_deleted_the_container(install: Install) {
+    let env = Env::start(install);
+    let out = env.run("gone", &["-d"], &["sleep", "600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("gone", "RUNNING");
+    let root = format!("/run/containerd/runc/{}", env.ns);
+    let del = std::process::Command::new("runc")
+        .args(["--root", &root, "delete", "--force", "gone"])
+        .output()
+        .unwrap();
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    let kill: Result<Empty, _> = env.shim_call(
+        "gone",
+        "Kill",
+        &KillRequest {
+            id: "gone".into(),
+            signal: 9,
+            ..Default::default()
+        },
+    );
+    assert_eq!(code_of(kill), Code::NOT_FOUND);
+    env.wait_status("gone", "STOPPED");
+    assert!(
+        env.ctr(&["task", "rm", "gone"]).status.success(),
+        "delete after external runc delete"
+    );
+    assert!(env.ctr(&["container", "rm", "gone"]).status.success());
+    env.assert_clean();
+}
+
+fn events_are_published_in_order(install: Install) {
+    let env = Env::start(install);
+    let log = env.dir.path().join("events.txt");
+    let mut events = env
+        .ctr_cmd(&["events"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = env.run("ev", &["--rm"], &["sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let want = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let topics = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let topics: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("\"ev\""))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with("/tasks/"))
+                    .map(str::to_string)
+            })
+            .collect();
+        if want.iter().all(|w| topics.iter().any(|t| t == w)) || Instant::now() > deadline {
+            break topics;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    let pos = |t: &str| {
+        topics
+            .iter()
+            .position(|x| x == t)
+            .unwrap_or_else(|| panic!("no {t} in {topics:?}"))
+    };
+    assert!(
+        pos(want[0]) < pos(want[1]) && pos(want[1]) < pos(want[2]) && pos(want[2]) < pos(want[3]),
+        "{topics:?}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains("\"exit_status\":7")),
+        "{text}"
+    );
+    env.assert_clean();
+}
+
+fn dead_shim_is_cleaned_up_by_delete(install: Install) {
+    let env = Env::start(install);
+    let out = env.run("orphan", &["-d"], &["sleep", "600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("orphan", "RUNNING");
+    let shim = env.shim_pid("orphan").unwrap();
+    let bundle = env.bundle("orphan");
+    assert!(std::fs::read_to_string(bundle.join("runtime")).is_ok());
+    assert!(std::fs::read_to_string(bundle.join("options.json"))
+        .unwrap()
+        .contains("\"BinaryName\""));
+    // containerd notices the dead shim and runs `shim delete`, which must
+    // kill the container, delete its runtime state and unmount its rootfs.
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &shim.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ls = stdout(&env.ctr(&["task", "ls"]));
+        if !ls
+            .lines()
+            .any(|l| l.starts_with("orphan ") && l.contains("RUNNING"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task still running after its shim died: {ls}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = env.ctr(&["task", "rm", "orphan"]);
+    assert!(env.ctr(&["container", "rm", "orphan"]).status.success());
+    env.assert_clean();
+}

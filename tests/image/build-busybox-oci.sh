@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds a one-layer OCI image archive from Debian's busybox-static, with no
+# registry: `ctr images import` reads it directly.
+#   build-busybox-oci.sh OUT.tar [IMAGE_NAME]
+set -euo pipefail
+out=${1:?usage: build-busybox-oci.sh OUT.tar [IMAGE_NAME]}
+name=${2:-docker.io/library/wedge-busybox:latest}
+busybox=$(command -v busybox || true)
+[ -x "$busybox" ] || { echo "busybox not found (apt-get install busybox-static)" >&2; exit 1; }
+if ldd "$busybox" >/dev/null 2>&1; then
+  echo "$busybox is dynamically linked; install busybox-static" >&2; exit 1
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+root=$work/rootfs
+mkdir -p "$root"/{bin,etc,proc,sys,dev,tmp,root}
+cp "$busybox" "$root/bin/busybox"
+for applet in $("$busybox" --list); do
+  [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+chmod 1777 "$root/tmp"
+
+blobs=$work/oci/blobs/sha256
+mkdir -p "$blobs"
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$work/layer.tar" .
+layer_digest=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+layer_size=$(stat -c %s "$work/layer.tar")
+mv "$work/layer.tar" "$blobs/$layer_digest"
+
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+  "$layer_digest" >"$work/config.json"
+config_digest=$(sha256sum "$work/config.json" | cut -d' ' -f1)
+config_size=$(stat -c %s "$work/config.json")
+mv "$work/config.json" "$blobs/$config_digest"
+
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+  "$config_digest" "$config_size" "$layer_digest" "$layer_size" >"$work/manifest.json"
+manifest_digest=$(sha256sum "$work/manifest.json" | cut -d' ' -f1)
+manifest_size=$(stat -c %s "$work/manifest.json")
+mv "$work/manifest.json" "$blobs/$manifest_digest"
+
+printf '{"imageLayoutVersion":"1.0.0"}' >"$work/oci/oci-layout"
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"latest"}}]}' \
+  "$manifest_digest" "$manifest_size" "$name" >"$work/oci/index.json"
+
+mkdir -p "$(dirname "$out")"
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/oci" -cf "$out.tmp" .
+mv "$out.tmp" "$out"
+echo "$out"
