@@ -17,7 +17,7 @@ pub mod relay;
 
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -130,8 +130,17 @@ fn open_fifo(path: &Path, write: bool) -> Result<OwnedFd, StdioError> {
         .map_err(io_err(path))
 }
 
-fn open_log_file(path: &Path) -> Result<OwnedFd, StdioError> {
-    if let Some(dir) = path.parent() {
+/// Whether `path` is a FIFO; a missing path is an error.
+fn is_fifo(path: &Path) -> Result<bool, StdioError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    Ok(meta.file_type().is_fifo())
+}
+
+/// Opens a log file positioned at its end. `create` (for `file://`) makes
+/// the file and its directory; a plain path must already exist.
+fn open_log_file(path: &Path, create: bool) -> Result<OwnedFd, StdioError> {
+    if let (true, Some(dir)) = (create, path.parent()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -142,7 +151,7 @@ fn open_log_file(path: &Path) -> Result<OwnedFd, StdioError> {
     // description (shared offset) serves both streams, starting at the end.
     let f = OpenOptions::new()
         .write(true)
-        .create(true)
+        .create(create)
         .truncate(false)
         .mode(0o644)
         .open(path)
@@ -152,8 +161,6 @@ fn open_log_file(path: &Path) -> Result<OwnedFd, StdioError> {
         .map_err(|e| StdioError::Io(path.display().to_string(), e.into()))?;
     Ok(fd)
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 impl ProcessIo {
     /// Sets up stdio for a new process. Returns the shim side (relays already
@@ -185,22 +192,23 @@ impl ProcessIo {
         // One shared file description when stdout and stderr name one file.
         let mut shared_file: Option<(PathBuf, OwnedFd)> = None;
         for (target, is_err) in [(&stdout_t, false), (&stderr_t, true)] {
-            let sink = match target {
+            let (sink, keeper) = match target {
                 Target::Null => continue,
-                Target::Fifo(path) => {
+                Target::Fifo(path) if is_fifo(path)? => {
                     // Our own reader first: it keeps the FIFO open for writing
                     // (no ENXIO, no SIGPIPE) whether or not a client reads.
+                    // It lives as long as the relay's writer.
                     let keeper = open_fifo(path, false)?;
                     let w = open_fifo(path, true)?;
-                    // Keep the reader alive as long as the writer: it is
-                    // closed together with the relay.
                     (Sink::Pollable(w), Some(keeper))
                 }
-                Target::File(path) => {
+                // A plain path that is an existing regular file is appended to.
+                Target::Fifo(path) | Target::File(path) => {
+                    let create = matches!(target, Target::File(_));
                     let fd = match &shared_file {
                         Some((p, fd)) if p == path => fd.try_clone().map_err(io_err(path))?,
                         _ => {
-                            let fd = open_log_file(path)?;
+                            let fd = open_log_file(path, create)?;
                             shared_file =
                                 Some((path.clone(), fd.try_clone().map_err(io_err(path))?));
                             fd
@@ -216,7 +224,6 @@ impl ProcessIo {
             } else {
                 cside.stdout = Some(w);
             }
-            let (sink, keeper) = sink;
             io.outputs.push(tokio::spawn(async move {
                 if let Err(e) = relay(r, sink).await {
                     crate::warn!("stdio relay: {e}");
@@ -313,6 +320,31 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn plain_path_to_a_regular_file_is_appended_and_missing_path_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("out.log");
+        std::fs::write(&f, "old\n").unwrap();
+        let spec = StdioSpec {
+            stdout: f.display().to_string(),
+            stderr: d.path().join("missing").display().to_string(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            ProcessIo::open(&spec, 0, 0),
+            Err(StdioError::Io(..))
+        ));
+        let spec = StdioSpec {
+            stdout: f.display().to_string(),
+            ..Default::default()
+        };
+        let (mut io, cside) = ProcessIo::open(&spec, 0, 0).unwrap();
+        rustix::io::write(cside.stdout.as_ref().unwrap(), b"new\n").unwrap();
+        drop(cside);
+        io.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "old\nnew\n");
     }
 
     #[tokio::test]
