@@ -1,27 +1,36 @@
-//! A container: its bundle, runtime, init process record and stdio.
-//!
-//! State lives behind a short `std` mutex that is never held across an
-//! await, so State, Wait and Kill never queue behind a runtime call. The
-//! `lifecycle` lock serialises the operations that must not interleave for
-//! one container (start, delete, exit handling): it is what guarantees that
-//! `/tasks/start` is published before `/tasks/exit`.
+//! A container: its bundle, runtime, init process, exec processes, cgroup
+//! and OOM watch.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
+use tokio::task::AbortHandle;
 
-use crate::process::{ExitInfo, Status};
-use crate::runtime::Runtime;
-use crate::stdio::{ProcessIo, StdioSpec};
+use crate::cgroup::oom::OomWatch;
+use crate::cgroup::Cgroup;
+use crate::error::{Error, Result};
+use crate::options::Options;
+use crate::process::Process;
+use crate::runtime::{ProcessStdio, Runtime};
+use crate::stdio::console::ConsoleSocket;
 
-/// The mutable part of the init process record.
-#[derive(Debug, Clone, Copy)]
-pub struct InitState {
-    /// Lifecycle state.
-    pub status: Status,
-    /// Set once the process has been reaped.
-    pub exit: Option<ExitInfo>,
+/// A checkpoint a container is created from (restored at Start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Image directory.
+    pub image: PathBuf,
+    /// Parent checkpoint, if any.
+    pub parent: Option<PathBuf>,
+}
+
+/// What a created-from-checkpoint container keeps for its restore: the
+/// container side of its stdio and its console socket.
+pub struct PendingRestore {
+    /// Container-side stdio.
+    pub stdio: ProcessStdio,
+    /// Console socket, for a terminal.
+    pub console: Option<ConsoleSocket>,
 }
 
 /// One container managed by this shim.
@@ -34,106 +43,122 @@ pub struct Container {
     pub mounted_rootfs: bool,
     /// Runtime bound to this container's options.
     pub runtime: Arc<dyn Runtime>,
-    /// The stdio URIs from Create.
-    pub stdio: StdioSpec,
-    /// Init pid.
-    pub pid: u32,
+    /// The options it was created with.
+    pub options: Options,
     /// Whether every process must be killed when init exits (the container
     /// shares or joins a pid namespace, so init's death does not end them).
     pub kill_all_on_exit: bool,
-    /// Serialises start / delete / exit handling for this container.
-    pub lifecycle: tokio::sync::Mutex<()>,
-    state: Mutex<InitState>,
-    exited: watch::Sender<Option<ExitInfo>>,
-    io: tokio::sync::Mutex<Option<ProcessIo>>,
+    /// The checkpoint to restore at Start, if created from one.
+    pub checkpoint: Option<Checkpoint>,
+    /// The init process.
+    pub init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    cgroup: Mutex<Option<Arc<Cgroup>>>,
+    oom: Mutex<Option<(Arc<OomWatch>, AbortHandle)>>,
+    /// Set for a container created from a checkpoint, until Start.
+    pub pending_restore: Mutex<Option<PendingRestore>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Container {
-    /// A freshly created container in the `Created` state.
+    /// A new container around its init process.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: String,
         bundle: PathBuf,
         mounted_rootfs: bool,
         runtime: Arc<dyn Runtime>,
-        stdio: StdioSpec,
-        pid: u32,
+        options: Options,
         kill_all_on_exit: bool,
-        io: ProcessIo,
+        checkpoint: Option<Checkpoint>,
+        init: Arc<Process>,
     ) -> Arc<Self> {
         Arc::new(Container {
             id,
             bundle,
             mounted_rootfs,
             runtime,
-            stdio,
-            pid,
+            options,
             kill_all_on_exit,
-            lifecycle: tokio::sync::Mutex::new(()),
-            state: Mutex::new(InitState {
-                status: Status::Created,
-                exit: None,
-            }),
-            exited: watch::channel(None).0,
-            io: tokio::sync::Mutex::new(Some(io)),
+            checkpoint,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            cgroup: Mutex::new(None),
+            oom: Mutex::new(None),
+            pending_restore: Mutex::new(None),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, InitState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A snapshot of the init state.
-    pub fn state(&self) -> InitState {
-        *self.lock()
-    }
-
-    /// Sets the lifecycle status (the caller has checked the guard).
-    pub fn set_status(&self, status: Status) {
-        self.lock().status = status;
-    }
-
-    /// Records the exit of init and wakes every waiter. Returns false if an
-    /// exit was already recorded.
-    pub fn set_exited(&self, exit: ExitInfo) -> bool {
-        let mut st = self.lock();
-        if st.exit.is_some() {
-            return false;
+    /// The process named by `exec_id` (init when empty).
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
         }
-        st.status = st.status.on_exit();
-        st.exit = Some(exit);
-        drop(st);
-        self.exited.send_replace(Some(exit));
-        true
+        lock(&self.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("process does not exist {exec_id}")))
     }
 
-    /// Waits until init has exited.
-    pub async fn wait(&self) -> ExitInfo {
-        let mut rx = self.exited.subscribe();
-        loop {
-            if let Some(e) = *rx.borrow_and_update() {
-                return e;
-            }
-            if rx.changed().await.is_err() {
-                // The sender lives inside self, which we borrow: unreachable,
-                // but never spin.
-                std::future::pending::<()>().await;
-            }
+    /// Registers a new exec; a duplicate id is refused.
+    pub fn add_exec(&self, p: Arc<Process>) -> Result<()> {
+        let mut execs = lock(&self.execs);
+        if execs.contains_key(&p.exec_id) {
+            return Err(Error::AlreadyExists(format!("id {}", p.exec_id)));
+        }
+        execs.insert(p.exec_id.clone(), p);
+        Ok(())
+    }
+
+    /// Forgets an exec.
+    pub fn remove_exec(&self, exec_id: &str) {
+        lock(&self.execs).remove(exec_id);
+    }
+
+    /// Every exec process.
+    pub fn execs(&self) -> Vec<Arc<Process>> {
+        lock(&self.execs).values().cloned().collect()
+    }
+
+    /// The process (init or exec) with this pid.
+    pub fn find_pid(&self, pid: u32) -> Option<Arc<Process>> {
+        if pid == 0 {
+            return None;
+        }
+        if self.init.pid() == pid {
+            return Some(self.init.clone());
+        }
+        lock(&self.execs).values().find(|p| p.pid() == pid).cloned()
+    }
+
+    /// The container's cgroup, loaded from init's pid on first use.
+    pub fn cgroup(&self) -> Option<Arc<Cgroup>> {
+        let mut cg = lock(&self.cgroup);
+        if cg.is_none() && self.init.pid() != 0 {
+            *cg = Cgroup::for_pid(self.init.pid()).ok().map(Arc::new);
+        }
+        cg.clone()
+    }
+
+    /// Installs the OOM watch and the task that reports it.
+    pub fn set_oom(&self, watch: Arc<OomWatch>, task: AbortHandle) {
+        if let Some((_, old)) = lock(&self.oom).replace((watch, task)) {
+            old.abort();
         }
     }
 
-    /// Closes the shim's stdin writer (CloseIO).
-    pub async fn close_stdin(&self) {
-        if let Some(io) = self.io.lock().await.as_ref() {
-            io.close_stdin();
-        }
+    /// The OOM watch, if registered.
+    pub fn oom(&self) -> Option<Arc<OomWatch>> {
+        lock(&self.oom).as_ref().map(|(w, _)| w.clone())
     }
 
-    /// Lets output finish (up to `timeout`) and releases every stdio fd.
-    pub async fn close_io(&self, timeout: std::time::Duration) {
-        let io = self.io.lock().await.take();
-        if let Some(mut io) = io {
-            io.shutdown(timeout).await;
+    /// Stops watching for OOM.
+    pub fn stop_oom(&self) {
+        if let Some((_, task)) = lock(&self.oom).take() {
+            task.abort();
         }
     }
 }

@@ -8,7 +8,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{Message, MessageField};
@@ -57,6 +60,30 @@ impl Event {
     /// `/tasks/delete`.
     pub fn delete(m: &TaskDelete) -> Event {
         Event::new("/tasks/delete", "containerd.events.TaskDelete", m)
+    }
+    /// `/tasks/exec-added`.
+    pub fn exec_added(m: &TaskExecAdded) -> Event {
+        Event::new("/tasks/exec-added", "containerd.events.TaskExecAdded", m)
+    }
+    /// `/tasks/exec-started`.
+    pub fn exec_started(m: &TaskExecStarted) -> Event {
+        Event::new(
+            "/tasks/exec-started",
+            "containerd.events.TaskExecStarted",
+            m,
+        )
+    }
+    /// `/tasks/paused`.
+    pub fn paused(m: &TaskPaused) -> Event {
+        Event::new("/tasks/paused", "containerd.events.TaskPaused", m)
+    }
+    /// `/tasks/resumed`.
+    pub fn resumed(m: &TaskResumed) -> Event {
+        Event::new("/tasks/resumed", "containerd.events.TaskResumed", m)
+    }
+    /// `/tasks/oom`.
+    pub fn oom(m: &TaskOOM) -> Event {
+        Event::new("/tasks/oom", "containerd.events.TaskOOM", m)
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod log;
 
+pub mod cgroup;
 pub mod cli;
 pub mod container;
 pub mod error;

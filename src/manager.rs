@@ -145,7 +145,7 @@ pub fn start(flags: &Flags) -> Result<(), String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    crate::sys::pass_as_fd3(&mut cmd, &fd);
+    crate::sys::pass_fds(&mut cmd, &[(&fd, crate::sys::LISTENER_FD)]);
     let mut child = cmd
         .spawn()
         .map_err(|err| cleanup(format!("start shim daemon: {err}")))?;

@@ -105,6 +105,7 @@ async fn serve(flags: &Flags) -> Result<(), String> {
         flags.namespace.clone(),
         factory,
         events.clone(),
+        reaper.clone(),
         shutdown.clone(),
     );
     tokio::spawn(service.clone().handle_exits(service_exits));

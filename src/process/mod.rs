@@ -1,11 +1,23 @@
-//! Process state: the domain enum every RPC checks before it has side
-//! effects, and the record of a process's pid, exit and stdio.
+//! A process record (a container's init or one of its execs): its state
+//! machine, pid, exit, and stdio.
+//!
+//! State lives behind a short `std` mutex that is never held across an
+//! await, so State, Wait and Kill never queue behind a runtime call. The
+//! per-process `lifecycle` lock serialises what must not interleave for one
+//! process (start, delete, exit handling): it is what guarantees that a start
+//! event precedes the exit event.
 
 pub mod state;
 
 pub use state::{Op, Status};
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
+
+use tokio::sync::watch;
+
+use crate::stdio::{ProcessIo, StdioSpec};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,4 +26,129 @@ pub struct ExitInfo {
     pub status: u32,
     /// When it was reaped.
     pub at: SystemTime,
+}
+
+/// The mutable part of a process record.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcState {
+    /// Lifecycle state.
+    pub status: Status,
+    /// Set once the process has been reaped.
+    pub exit: Option<ExitInfo>,
+}
+
+/// One process: init (`exec_id` empty) or an exec.
+pub struct Process {
+    /// Exec id; empty for init.
+    pub exec_id: String,
+    /// The stdio URIs.
+    pub stdio: StdioSpec,
+    /// For an exec: the process spec (JSON) to run.
+    pub spec: Vec<u8>,
+    /// Serialises start / delete / exit handling of this process.
+    pub lifecycle: tokio::sync::Mutex<()>,
+    pid: AtomicU32,
+    state: Mutex<ProcState>,
+    exited: watch::Sender<Option<ExitInfo>>,
+    io: tokio::sync::Mutex<Option<ProcessIo>>,
+}
+
+impl Process {
+    /// A process record in `status`, with no pid yet.
+    pub fn new(exec_id: String, stdio: StdioSpec, spec: Vec<u8>, status: Status) -> Process {
+        Process {
+            exec_id,
+            stdio,
+            spec,
+            lifecycle: tokio::sync::Mutex::new(()),
+            pid: AtomicU32::new(0),
+            state: Mutex::new(ProcState { status, exit: None }),
+            exited: watch::channel(None).0,
+            io: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ProcState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pid, 0 until the runtime has started the process.
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Acquire)
+    }
+
+    /// Records the pid reported by the runtime.
+    pub fn set_pid(&self, pid: u32) {
+        self.pid.store(pid, Ordering::Release);
+    }
+
+    /// A snapshot of the state.
+    pub fn state(&self) -> ProcState {
+        *self.lock()
+    }
+
+    /// Sets the lifecycle status (the caller has checked the guard). An
+    /// exit that was already recorded wins over anything but Deleted.
+    pub fn set_status(&self, status: Status) {
+        let mut st = self.lock();
+        if st.exit.is_none() || status == Status::Deleted {
+            st.status = status;
+        }
+    }
+
+    /// Records the exit and wakes every waiter. Returns false if an exit was
+    /// already recorded.
+    pub fn set_exited(&self, exit: ExitInfo) -> bool {
+        let mut st = self.lock();
+        if st.exit.is_some() {
+            return false;
+        }
+        st.status = st.status.on_exit();
+        st.exit = Some(exit);
+        drop(st);
+        self.exited.send_replace(Some(exit));
+        true
+    }
+
+    /// Waits until the process has exited.
+    pub async fn wait(&self) -> ExitInfo {
+        let mut rx = self.exited.subscribe();
+        loop {
+            if let Some(e) = *rx.borrow_and_update() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives inside self, which we borrow.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Installs the shim side of the stdio.
+    pub async fn set_io(&self, io: ProcessIo) {
+        *self.io.lock().await = Some(io);
+    }
+
+    /// Closes the shim's stdin writer (CloseIO).
+    pub async fn close_stdin(&self) {
+        if let Some(io) = self.io.lock().await.as_ref() {
+            io.close_stdin();
+        }
+    }
+
+    /// Resizes the terminal, if any.
+    pub async fn resize(&self, width: u32, height: u32) -> std::io::Result<()> {
+        match self.io.lock().await.as_ref() {
+            Some(io) => io.resize(width, height),
+            None => Ok(()),
+        }
+    }
+
+    /// Lets output finish (up to `timeout`) and releases every stdio fd.
+    pub async fn close_io(&self, timeout: std::time::Duration) {
+        let io = self.io.lock().await.take();
+        if let Some(mut io) = io {
+            io.shutdown(timeout).await;
+        }
+    }
 }

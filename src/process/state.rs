@@ -1,6 +1,6 @@
-//! The init process state machine (the Go shim's `init_state.go`), as our own
-//! enum with one guard per operation. Guards run before any side effect; the
-//! transition table is tested below.
+//! The process state machine (the Go shim's `init_state.go` and exec
+//! states), as our own enum with one guard per operation. Guards run before
+//! any side effect; the transition table is tested below.
 
 use crate::error::Error;
 
@@ -9,8 +9,12 @@ use crate::error::Error;
 pub enum Status {
     /// Created by the runtime, not started.
     Created,
+    /// Created from a checkpoint: Start restores it.
+    CreatedCheckpoint,
     /// Running.
     Running,
+    /// `pause` is in progress.
+    Pausing,
     /// Frozen.
     Paused,
     /// Exited; the exit status is recorded.
@@ -22,7 +26,7 @@ pub enum Status {
 /// An operation requested on a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// Start.
+    /// Start (or restore).
     Start,
     /// Delete.
     Delete,
@@ -32,6 +36,12 @@ pub enum Op {
     Pause,
     /// Resume.
     Resume,
+    /// Update resources.
+    Update,
+    /// Checkpoint.
+    Checkpoint,
+    /// Add an exec process (asked of init).
+    Exec,
 }
 
 impl Status {
@@ -39,18 +49,21 @@ impl Status {
     pub fn to_proto(self) -> containerd_shim_protos::types::task::Status {
         use containerd_shim_protos::types::task::Status as P;
         match self {
-            Status::Created => P::CREATED,
+            Status::Created | Status::CreatedCheckpoint => P::CREATED,
             Status::Running => P::RUNNING,
+            Status::Pausing => P::PAUSING,
             Status::Paused => P::PAUSED,
-            Status::Stopped => P::STOPPED,
-            Status::Deleted => P::STOPPED,
+            Status::Stopped | Status::Deleted => P::STOPPED,
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The lower-case name used in messages.
+    pub fn name(self) -> &'static str {
         match self {
             Status::Created => "created",
+            Status::CreatedCheckpoint => "created checkpoint",
             Status::Running => "running",
+            Status::Pausing => "pausing",
             Status::Paused => "paused",
             Status::Stopped => "stopped",
             Status::Deleted => "deleted",
@@ -61,28 +74,37 @@ impl Status {
     pub fn check(self, op: Op) -> Result<(), Error> {
         use Status::*;
         let ok = match op {
-            Op::Start => matches!(self, Created),
-            Op::Delete => matches!(self, Created | Stopped),
-            Op::Kill => matches!(self, Created | Running | Paused | Stopped),
+            Op::Start => matches!(self, Created | CreatedCheckpoint),
+            Op::Delete => matches!(self, Created | CreatedCheckpoint | Stopped),
+            Op::Kill => matches!(
+                self,
+                Created | CreatedCheckpoint | Running | Pausing | Paused | Stopped
+            ),
             Op::Pause => matches!(self, Running),
             Op::Resume => matches!(self, Paused),
+            Op::Update => matches!(
+                self,
+                Created | CreatedCheckpoint | Running | Pausing | Paused
+            ),
+            Op::Checkpoint => matches!(self, Running | Paused),
+            Op::Exec => matches!(self, Created | Running),
         };
         if ok {
             return Ok(());
         }
-        Err(match (self, op) {
-            (Deleted, Op::Kill) | (Deleted, Op::Delete) => {
+        let name = self.name();
+        Err(match op {
+            Op::Kill | Op::Delete if self == Deleted => {
                 Error::NotFound("process already deleted".into())
             }
-            (_, Op::Start) => Error::Unknown(format!("cannot start a {} process", self.name())),
-            (_, Op::Delete) => {
-                Error::FailedPrecondition(format!("cannot delete a {} process", self.name()))
-            }
-            (_, Op::Pause) => Error::Unknown(format!("cannot pause task in {} state", self.name())),
-            (_, Op::Resume) => {
-                Error::Unknown(format!("cannot resume task in {} state", self.name()))
-            }
-            (_, Op::Kill) => Error::Unknown(format!("cannot kill a {} process", self.name())),
+            Op::Start => Error::Unknown(format!("cannot start a {name} process")),
+            Op::Delete => Error::FailedPrecondition(format!("cannot delete a {name} process")),
+            Op::Kill => Error::Unknown(format!("cannot kill a {name} process")),
+            Op::Pause => Error::Unknown(format!("cannot pause task in {name} state")),
+            Op::Resume => Error::Unknown(format!("cannot resume task in {name} state")),
+            Op::Update => Error::Unknown(format!("cannot update a {name} task")),
+            Op::Checkpoint => Error::Unknown(format!("cannot checkpoint a {name} task")),
+            Op::Exec => Error::Unknown(format!("cannot exec in a {name} state")),
         })
     }
 
@@ -90,7 +112,7 @@ impl Status {
     pub fn on_exit(self) -> Status {
         match self {
             Status::Deleted => Status::Deleted,
-            Status::Created | Status::Running | Status::Paused | Status::Stopped => Status::Stopped,
+            _ => Status::Stopped,
         }
     }
 }
@@ -103,20 +125,20 @@ mod tests {
 
     #[test]
     fn transition_table() {
-        // state, [start, delete, kill, pause, resume]
+        let ops = [Start, Delete, Kill, Pause, Resume, Update, Checkpoint, Exec];
+        // state: [start, delete, kill, pause, resume, update, checkpoint, exec]
         let table = [
-            (Created, [true, true, true, false, false]),
-            (Running, [false, false, true, true, false]),
-            (Paused, [false, false, true, false, true]),
-            (Stopped, [false, true, true, false, false]),
-            (Deleted, [false, false, false, false, false]),
+            (Created, [1, 1, 1, 0, 0, 1, 0, 1]),
+            (CreatedCheckpoint, [1, 1, 1, 0, 0, 1, 0, 0]),
+            (Running, [0, 0, 1, 1, 0, 1, 1, 1]),
+            (Pausing, [0, 0, 1, 0, 0, 1, 0, 0]),
+            (Paused, [0, 0, 1, 0, 1, 1, 1, 0]),
+            (Stopped, [0, 1, 1, 0, 0, 0, 0, 0]),
+            (Deleted, [0, 0, 0, 0, 0, 0, 0, 0]),
         ];
         for (st, allowed) in table {
-            for (op, ok) in [Start, Delete, Kill, Pause, Resume]
-                .into_iter()
-                .zip(allowed)
-            {
-                assert_eq!(st.check(op).is_ok(), ok, "{st:?} {op:?}");
+            for (op, ok) in ops.into_iter().zip(allowed) {
+                assert_eq!(st.check(op).is_ok(), ok == 1, "{st:?} {op:?}");
             }
         }
     }
@@ -133,6 +155,7 @@ mod tests {
             "cannot pause task in created state"
         );
         assert_eq!(Running.on_exit(), Stopped);
+        assert_eq!(Paused.on_exit(), Stopped);
         assert_eq!(Deleted.on_exit(), Deleted);
     }
 }

@@ -1,10 +1,10 @@
 //! A recording fake runtime for unit tests of the task service: it writes the
-//! pid file `create` is asked for, records every call, and fails on demand.
+//! pid files it is asked for, records every call, and fails on demand.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{BoxFuture, CreateOpts, ProcessStdio, Result, Runtime, RuntimeError};
+use super::*;
 
 /// Records calls; `fail` maps a subcommand to the error message it returns.
 #[derive(Default)]
@@ -13,10 +13,17 @@ pub struct FakeRuntime {
     pub calls: Mutex<Vec<String>>,
     /// Subcommand → error message to fail with.
     pub fail: Mutex<HashMap<String, String>>,
-    /// Pid written to the pid file by `create`.
+    /// Pid written to the pid file by `create` and `restore`.
     pub pid: u32,
+    /// Pid written by `exec` (incremented per exec).
+    pub next_exec_pid: Mutex<u32>,
     /// What `ps` returns.
     pub ps: Vec<u32>,
+    /// The last `update` payload.
+    pub last_update: Mutex<Vec<u8>>,
+    /// If set, `exec` makes its process "exit" (through this reaper, with
+    /// this status) before the pid file is written.
+    pub exit_during_exec: Mutex<Option<(std::sync::Arc<crate::reaper::Reaper>, u32)>>,
 }
 
 impl FakeRuntime {
@@ -31,18 +38,45 @@ impl FakeRuntime {
             None => Ok(()),
         }
     }
+
+    fn write_pid(path: &std::path::Path, pid: u32) -> Result<()> {
+        std::fs::write(path, pid.to_string()).map_err(|e| RuntimeError::Output(e.to_string()))
+    }
 }
 
 impl Runtime for FakeRuntime {
     fn create(&self, opts: CreateOpts, _stdio: ProcessStdio) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.record("create", format!("create {}", opts.id))?;
-            std::fs::write(&opts.pid_file, self.pid.to_string())
-                .map_err(|e| RuntimeError::Output(e.to_string()))
+            Self::write_pid(&opts.pid_file, self.pid)
         })
     }
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { self.record("start", format!("start {id}")) })
+    }
+    fn exec(&self, opts: ExecOpts, _stdio: ProcessStdio) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let spec = std::fs::read_to_string(&opts.process).unwrap_or_default();
+            self.record("exec", format!("exec {} {spec}", opts.id))?;
+            let pid = {
+                let mut p = self.next_exec_pid.lock().unwrap();
+                *p += 1;
+                *p
+            };
+            let early = self.exit_during_exec.lock().unwrap().clone();
+            if let Some((reaper, status)) = early {
+                reaper.publish(crate::reaper::Exit {
+                    pid: pid as i32,
+                    status,
+                    at: std::time::SystemTime::now(),
+                });
+                // Let the exit handler see it while the pid is still unknown.
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            Self::write_pid(&opts.pid_file, pid)
+        })
     }
     fn kill<'a>(&'a self, id: &'a str, signal: u32, all: bool) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { self.record("kill", format!("kill {id} {signal} all={all}")) })
@@ -54,6 +88,32 @@ impl Runtime for FakeRuntime {
         Box::pin(async move {
             self.record("ps", format!("ps {id}"))
                 .map(|_| self.ps.clone())
+        })
+    }
+    fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.record("pause", format!("pause {id}")) })
+    }
+    fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.record("resume", format!("resume {id}")) })
+    }
+    fn update<'a>(&'a self, id: &'a str, resources: Vec<u8>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            *self.last_update.lock().unwrap() = resources;
+            self.record("update", format!("update {id}"))
+        })
+    }
+    fn checkpoint<'a>(&'a self, id: &'a str, opts: CheckpointOpts) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.record(
+                "checkpoint",
+                format!("checkpoint {id} {}", opts.image_path.display()),
+            )
+        })
+    }
+    fn restore(&self, opts: RestoreOpts, _stdio: ProcessStdio) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.record("restore", format!("restore {}", opts.id))?;
+            Self::write_pid(&opts.pid_file, self.pid)
         })
     }
 }

@@ -64,7 +64,7 @@ pub struct ProcessStdio {
 }
 
 /// What `create` needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CreateOpts {
     /// Container id.
     pub id: String,
@@ -76,6 +76,65 @@ pub struct CreateOpts {
     pub no_pivot: bool,
     /// Pass `--no-new-keyring`.
     pub no_new_keyring: bool,
+    /// `--console-socket` for a terminal.
+    pub console_socket: Option<PathBuf>,
+}
+
+/// What `exec` needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecOpts {
+    /// Container id.
+    pub id: String,
+    /// The process spec (JSON) file.
+    pub process: PathBuf,
+    /// Where the runtime writes the pid.
+    pub pid_file: PathBuf,
+    /// `--console-socket` for a terminal.
+    pub console_socket: Option<PathBuf>,
+}
+
+/// What `checkpoint` needs (`containerd.runc.v1.CheckpointOptions`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CheckpointOpts {
+    /// `--image-path`.
+    pub image_path: PathBuf,
+    /// `--work-path`.
+    pub work_path: PathBuf,
+    /// Stop the container after checkpointing (otherwise `--leave-running`).
+    pub exit: bool,
+    /// `--tcp-established`.
+    pub open_tcp: bool,
+    /// `--ext-unix-sk`.
+    pub external_unix_sockets: bool,
+    /// `--shell-job`.
+    pub terminal: bool,
+    /// `--file-locks`.
+    pub file_locks: bool,
+    /// `--empty-ns` (repeated).
+    pub empty_namespaces: Vec<String>,
+    /// `--manage-cgroups-mode`.
+    pub cgroups_mode: String,
+}
+
+/// What `restore` needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RestoreOpts {
+    /// Container id.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// Checkpoint image to restore from.
+    pub image_path: PathBuf,
+    /// CRIU work directory.
+    pub work_path: PathBuf,
+    /// `--parent-path` (an earlier checkpoint).
+    pub parent_path: Option<PathBuf>,
+    /// Where the runtime writes the init pid.
+    pub pid_file: PathBuf,
+    /// `--no-pivot`.
+    pub no_pivot: bool,
+    /// `--console-socket` for a terminal.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// An OCI runtime bound to one container's settings.
@@ -84,12 +143,24 @@ pub trait Runtime: Send + Sync {
     fn create(&self, opts: CreateOpts, stdio: ProcessStdio) -> BoxFuture<'_, Result<()>>;
     /// `start ID`.
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// `exec --process P --detach --pid-file F ID` with the given stdio.
+    fn exec(&self, opts: ExecOpts, stdio: ProcessStdio) -> BoxFuture<'_, Result<()>>;
     /// `kill [--all] ID SIG`.
     fn kill<'a>(&'a self, id: &'a str, signal: u32, all: bool) -> BoxFuture<'a, Result<()>>;
     /// `delete [--force] ID`.
     fn delete<'a>(&'a self, id: &'a str, force: bool) -> BoxFuture<'a, Result<()>>;
     /// `ps --format json ID`: the pids in the container.
     fn ps<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<u32>>>;
+    /// `pause ID`.
+    fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// `resume ID`.
+    fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// `update --resources - ID` with the JSON resources on stdin.
+    fn update<'a>(&'a self, id: &'a str, resources: Vec<u8>) -> BoxFuture<'a, Result<()>>;
+    /// `checkpoint … ID`.
+    fn checkpoint<'a>(&'a self, id: &'a str, opts: CheckpointOpts) -> BoxFuture<'a, Result<()>>;
+    /// `restore … ID` with the given stdio.
+    fn restore(&self, opts: RestoreOpts, stdio: ProcessStdio) -> BoxFuture<'_, Result<()>>;
 }
 
 /// Settings that select and configure a runtime for one container.

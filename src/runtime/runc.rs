@@ -6,6 +6,9 @@
 //! [`Reaper`]: we subscribe before spawning and wait for our pid. On failure
 //! the error text is the last `"level":"error"` message the runtime appended
 //! to its json log during this call.
+//!
+//! Argument lists are built by pure functions (`*_args`) so they are tested
+//! without running anything.
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,9 +17,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{BoxFuture, CreateOpts, ProcessStdio, Result, Runtime, RuntimeConfig, RuntimeError};
+use super::*;
 use crate::reaper::Reaper;
 
 /// A runtime CLI bound to one container's settings.
@@ -25,12 +28,127 @@ pub struct Runc {
     reaper: Arc<Reaper>,
 }
 
+/// What the runtime process's stdio is.
+enum Io {
+    /// Capture stdout and stderr (for output and error text).
+    Capture,
+    /// Capture, and feed these bytes on stdin.
+    Input(Vec<u8>),
+    /// Hand these fds to the runtime (they become the container's stdio).
+    Process(ProcessStdio),
+}
+
 struct Output {
     stdout: Vec<u8>,
 }
 
 fn stdio_or_null(fd: Option<OwnedFd>) -> Stdio {
     fd.map(Stdio::from).unwrap_or_else(Stdio::null)
+}
+
+fn push_console(a: &mut Vec<OsString>, console: Option<PathBuf>) {
+    if let Some(s) = console {
+        a.push("--console-socket".into());
+        a.push(s.into());
+    }
+}
+
+/// `create` arguments.
+pub fn create_args(o: CreateOpts) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec![
+        "create".into(),
+        "--bundle".into(),
+        o.bundle.into(),
+        "--pid-file".into(),
+        o.pid_file.into(),
+    ];
+    push_console(&mut a, o.console_socket);
+    if o.no_pivot {
+        a.push("--no-pivot".into());
+    }
+    if o.no_new_keyring {
+        a.push("--no-new-keyring".into());
+    }
+    a.push(o.id.into());
+    a
+}
+
+/// `exec` arguments.
+pub fn exec_args(o: ExecOpts) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec![
+        "exec".into(),
+        "--process".into(),
+        o.process.into(),
+        "--detach".into(),
+        "--pid-file".into(),
+        o.pid_file.into(),
+    ];
+    push_console(&mut a, o.console_socket);
+    a.push(o.id.into());
+    a
+}
+
+/// `checkpoint` arguments.
+pub fn checkpoint_args(id: &str, o: CheckpointOpts) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec![
+        "checkpoint".into(),
+        "--image-path".into(),
+        o.image_path.into(),
+        "--work-path".into(),
+        o.work_path.into(),
+    ];
+    if !o.exit {
+        a.push("--leave-running".into());
+    }
+    if o.open_tcp {
+        a.push("--tcp-established".into());
+    }
+    if o.external_unix_sockets {
+        a.push("--ext-unix-sk".into());
+    }
+    if o.terminal {
+        a.push("--shell-job".into());
+    }
+    if o.file_locks {
+        a.push("--file-locks".into());
+    }
+    for ns in o.empty_namespaces {
+        a.push("--empty-ns".into());
+        a.push(ns.into());
+    }
+    if !o.cgroups_mode.is_empty() {
+        a.push("--manage-cgroups-mode".into());
+        a.push(o.cgroups_mode.into());
+    }
+    a.push(id.into());
+    a
+}
+
+/// `restore` arguments.
+pub fn restore_args(o: RestoreOpts) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec![
+        "restore".into(),
+        "--image-path".into(),
+        o.image_path.into(),
+        "--work-path".into(),
+        o.work_path.into(),
+    ];
+    if let Some(p) = o.parent_path {
+        a.push("--parent-path".into());
+        a.push(p.into());
+    }
+    a.push("--pid-file".into());
+    a.push(o.pid_file.into());
+    a.push("--detach".into());
+    a.push("--no-subreaper".into());
+    if o.no_pivot {
+        a.push("--no-pivot".into());
+    }
+    push_console(&mut a, o.console_socket);
+    a.push("--bundle".into());
+    a.push(o.bundle.into());
+    a.push(o.id.into());
+    a
 }
 
 impl Runc {
@@ -59,7 +177,7 @@ impl Runc {
         a
     }
 
-    async fn run(&self, args: Vec<OsString>, stdio: Option<ProcessStdio>) -> Result<Output> {
+    async fn run(&self, args: Vec<OsString>, io: Io) -> Result<Output> {
         let command = args
             .first()
             .map(|a| a.to_string_lossy().into_owned())
@@ -71,19 +189,28 @@ impl Runc {
         cmd.args(self.global_args())
             .args(&args)
             .env_remove("NOTIFY_SOCKET");
-        let capture = stdio.is_none();
-        match stdio {
-            Some(s) => {
+        let input = match io {
+            Io::Process(s) => {
                 cmd.stdin(stdio_or_null(s.stdin))
                     .stdout(stdio_or_null(s.stdout))
                     .stderr(stdio_or_null(s.stderr));
+                None
             }
-            None => {
-                cmd.stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
+            Io::Capture | Io::Input(_) => {
+                let input = match io {
+                    Io::Input(data) => {
+                        cmd.stdin(Stdio::piped());
+                        Some(data)
+                    }
+                    _ => {
+                        cmd.stdin(Stdio::null());
+                        None
+                    }
+                };
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+                input
             }
-        }
+        };
         crate::sys::kill_on_parent_death(&mut cmd);
         // Subscribe before spawning so the exit cannot be reaped unseen.
         let mut exits = self.reaper.subscribe();
@@ -95,14 +222,11 @@ impl Runc {
         // container's pipes see EOF when the container closes its ends.
         drop(cmd);
         let pid = child.id() as i32;
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        if capture {
-            let so = child.stdout.take().map(OwnedFd::from);
-            let se = child.stderr.take().map(OwnedFd::from);
-            let (a, b) = tokio::join!(read_all(so), read_all(se));
-            out = a;
-            err = b;
-        }
+        let stdin = child.stdin.take().map(OwnedFd::from);
+        let so = child.stdout.take().map(OwnedFd::from);
+        let se = child.stderr.take().map(OwnedFd::from);
+        drop(child);
+        let (_, out, err) = tokio::join!(write_all(stdin, input), read_all(so), read_all(se));
         let exit = exits.wait_for(pid).await;
         if exit.status == 0 {
             return Ok(Output { stdout: out });
@@ -122,6 +246,19 @@ impl Runc {
             status: exit.status,
             message,
         })
+    }
+
+    async fn simple(&self, args: Vec<OsString>) -> Result<()> {
+        self.run(args, Io::Capture).await.map(|_| ())
+    }
+}
+
+/// Writes `data` into a pipe, then closes it.
+async fn write_all(fd: Option<OwnedFd>, data: Option<Vec<u8>>) {
+    if let (Some(fd), Some(data)) = (fd, data) {
+        if let Ok(mut tx) = tokio::net::unix::pipe::Sender::from_owned_fd(fd) {
+            let _ = tx.write_all(&data).await;
+        }
     }
 }
 
@@ -152,53 +289,41 @@ pub fn last_error(log: &Path, from: u64) -> Option<String> {
 impl Runtime for Runc {
     fn create(&self, opts: CreateOpts, stdio: ProcessStdio) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let mut a: Vec<OsString> = vec![
-                "create".into(),
-                "--bundle".into(),
-                opts.bundle.into(),
-                "--pid-file".into(),
-                opts.pid_file.into(),
-            ];
-            if opts.no_pivot {
-                a.push("--no-pivot".into());
-            }
-            if opts.no_new_keyring {
-                a.push("--no-new-keyring".into());
-            }
-            a.push(opts.id.into());
-            self.run(a, Some(stdio)).await.map(|_| ())
+            self.run(create_args(opts), Io::Process(stdio))
+                .await
+                .map(|_| ())
         })
     }
 
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.simple(vec!["start".into(), id.into()]))
+    }
+
+    fn exec(&self, opts: ExecOpts, stdio: ProcessStdio) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.run(vec!["start".into(), id.into()], None)
+            self.run(exec_args(opts), Io::Process(stdio))
                 .await
                 .map(|_| ())
         })
     }
 
     fn kill<'a>(&'a self, id: &'a str, signal: u32, all: bool) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let mut a: Vec<OsString> = vec!["kill".into()];
-            if all {
-                a.push("--all".into());
-            }
-            a.push(id.into());
-            a.push(signal.to_string().into());
-            self.run(a, None).await.map(|_| ())
-        })
+        let mut a: Vec<OsString> = vec!["kill".into()];
+        if all {
+            a.push("--all".into());
+        }
+        a.push(id.into());
+        a.push(signal.to_string().into());
+        Box::pin(self.simple(a))
     }
 
     fn delete<'a>(&'a self, id: &'a str, force: bool) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let mut a: Vec<OsString> = vec!["delete".into()];
-            if force {
-                a.push("--force".into());
-            }
-            a.push(id.into());
-            self.run(a, None).await.map(|_| ())
-        })
+        let mut a: Vec<OsString> = vec!["delete".into()];
+        if force {
+            a.push("--force".into());
+        }
+        a.push(id.into());
+        Box::pin(self.simple(a))
     }
 
     fn ps<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<u32>>> {
@@ -206,10 +331,37 @@ impl Runtime for Runc {
             let out = self
                 .run(
                     vec!["ps".into(), "--format".into(), "json".into(), id.into()],
-                    None,
+                    Io::Capture,
                 )
                 .await?;
             parse_ps(&out.stdout)
+        })
+    }
+
+    fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.simple(vec!["pause".into(), id.into()]))
+    }
+
+    fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.simple(vec!["resume".into(), id.into()]))
+    }
+
+    fn update<'a>(&'a self, id: &'a str, resources: Vec<u8>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let a = vec!["update".into(), "--resources".into(), "-".into(), id.into()];
+            self.run(a, Io::Input(resources)).await.map(|_| ())
+        })
+    }
+
+    fn checkpoint<'a>(&'a self, id: &'a str, opts: CheckpointOpts) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.simple(checkpoint_args(id, opts)))
+    }
+
+    fn restore(&self, opts: RestoreOpts, stdio: ProcessStdio) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.run(restore_args(opts), Io::Process(stdio))
+                .await
+                .map(|_| ())
         })
     }
 }
@@ -225,6 +377,10 @@ pub fn parse_ps(out: &[u8]) -> Result<Vec<u32>> {
 mod tests {
     use super::*;
 
+    fn strs(v: Vec<OsString>) -> Vec<String> {
+        v.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
     #[test]
     fn global_args_match_the_go_shim() {
         let r = Runc::new(
@@ -237,13 +393,8 @@ mod tests {
             },
             Reaper::new(),
         );
-        let got: Vec<String> = r
-            .global_args()
-            .iter()
-            .map(|s| s.to_string_lossy().into_owned())
-            .collect();
         assert_eq!(
-            got,
+            strs(r.global_args()),
             [
                 "--root",
                 "/run/containerd/runc/ns",
@@ -255,6 +406,78 @@ mod tests {
                 "--criu",
                 "/usr/sbin/criu"
             ]
+        );
+    }
+
+    #[test]
+    fn command_lines() {
+        let c = create_args(CreateOpts {
+            id: "c".into(),
+            bundle: "/b".into(),
+            pid_file: "/b/init.pid".into(),
+            no_pivot: true,
+            no_new_keyring: true,
+            console_socket: Some("/tmp/p/pty.sock".into()),
+        });
+        assert_eq!(
+            strs(c).join(" "),
+            "create --bundle /b --pid-file /b/init.pid --console-socket /tmp/p/pty.sock --no-pivot --no-new-keyring c"
+        );
+        let e = exec_args(ExecOpts {
+            id: "c".into(),
+            process: "/b/.e1.json".into(),
+            pid_file: "/b/e1.pid".into(),
+            console_socket: None,
+        });
+        assert_eq!(
+            strs(e).join(" "),
+            "exec --process /b/.e1.json --detach --pid-file /b/e1.pid c"
+        );
+    }
+
+    #[test]
+    fn checkpoint_and_restore_command_lines() {
+        let all = CheckpointOpts {
+            image_path: "/img".into(),
+            work_path: "/work".into(),
+            exit: false,
+            open_tcp: true,
+            external_unix_sockets: true,
+            terminal: true,
+            file_locks: true,
+            empty_namespaces: vec!["network".into(), "ipc".into()],
+            cgroups_mode: "soft".into(),
+        };
+        assert_eq!(
+            strs(checkpoint_args("c", all)).join(" "),
+            "checkpoint --image-path /img --work-path /work --leave-running --tcp-established \
+             --ext-unix-sk --shell-job --file-locks --empty-ns network --empty-ns ipc \
+             --manage-cgroups-mode soft c"
+        );
+        let exit = CheckpointOpts {
+            image_path: "/img".into(),
+            work_path: "/work".into(),
+            exit: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            strs(checkpoint_args("c", exit)).join(" "),
+            "checkpoint --image-path /img --work-path /work c"
+        );
+        let r = restore_args(RestoreOpts {
+            id: "c".into(),
+            bundle: "/b".into(),
+            image_path: "/img".into(),
+            work_path: "/b/work".into(),
+            parent_path: Some("/parent".into()),
+            pid_file: "/b/init.pid".into(),
+            no_pivot: true,
+            console_socket: Some("/s".into()),
+        });
+        assert_eq!(
+            strs(r).join(" "),
+            "restore --image-path /img --work-path /b/work --parent-path /parent --pid-file /b/init.pid \
+             --detach --no-subreaper --no-pivot --console-socket /s --bundle /b c"
         );
     }
 

@@ -4,6 +4,7 @@
 //! `containerd.task.v3.Task`, whose messages are wire-compatible).
 
 pub mod task;
+pub mod task_ops;
 
 use std::sync::Arc;
 
@@ -63,14 +64,15 @@ impl Dispatch for TaskService {
                 "Wait" => encode(self.wait(decode(&payload)?).await),
                 "Pids" => encode(self.pids(decode(&payload)?).await),
                 "CloseIO" => empty(self.close_io(decode(&payload)?).await),
+                "Exec" => empty(self.exec(decode(&payload)?).await),
+                "ResizePty" => empty(self.resize_pty(decode(&payload)?).await),
+                "Pause" => empty(self.pause(decode(&payload)?).await),
+                "Resume" => empty(self.resume(decode(&payload)?).await),
+                "Update" => empty(self.update(decode(&payload)?).await),
+                "Checkpoint" => empty(self.checkpoint(decode(&payload)?).await),
+                "Stats" => encode(self.stats(decode(&payload)?).await),
                 "Connect" => encode(self.connect(decode(&payload)?)),
                 "Shutdown" => empty(self.shutdown(decode(&payload)?)),
-                "Exec" | "ResizePty" | "Pause" | "Resume" | "Update" | "Checkpoint" | "Stats" => {
-                    Err(
-                        Error::Unimplemented(format!("{method} is not supported by this shim yet"))
-                            .to_status(),
-                    )
-                }
                 other => {
                     let mut s = Status::new();
                     s.set_code(Code::UNIMPLEMENTED);
@@ -81,3 +83,6 @@ impl Dispatch for TaskService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

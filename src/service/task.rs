@@ -1,62 +1,73 @@
 //! The Task service: what each RPC does, in terms of containers, processes,
-//! the runtime and events. Decoding and encoding live in `service/mod.rs`.
+//! the runtime and events. Decoding and encoding live in `service/mod.rs`;
+//! the less central RPCs (exec, pause, update, stats, checkpoint, …) live in
+//! `service/task_ops.rs`.
 //!
-//! Locking: the container map is a short `std` mutex; per-container state is
-//! another; runtime calls happen outside both, under the container's
+//! Locking: the container map is a short `std` mutex; per-process state is
+//! another; runtime calls happen outside both, under one process's
 //! `lifecycle` lock only where ordering demands it (create, start, delete,
 //! exit handling). Kill, State, Wait, Connect and Pids never wait for another
-//! container's runtime call.
+//! process's runtime call.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskStart};
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim::*;
-use containerd_shim_protos::types::task::ProcessInfo;
 use tokio::sync::Notify;
 
-use crate::container::{should_kill_all_on_exit, Container};
+use crate::container::{should_kill_all_on_exit, Checkpoint, Container, PendingRestore};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Event, Publisher};
 use crate::mount::{mount_all, unmount_all, MountSpec};
 use crate::options::Options;
-use crate::process::{ExitInfo, Op, Status};
-use crate::reaper::{Exit, Subscription};
+use crate::process::{ExitInfo, Op, Process, Status};
+use crate::reaper::{Exit, Reaper, Subscription};
 use crate::runtime::{CreateOpts, RuntimeConfig, RuntimeError, RuntimeFactory};
-use crate::stdio::{ProcessIo, StdioSpec};
+use crate::stdio::{Owner, Prepared, ProcessIo, StdioSpec};
 
 /// How long Delete waits for a process's output to drain.
-const IO_DRAIN: Duration = Duration::from_secs(2);
+pub(crate) const IO_DRAIN: Duration = Duration::from_secs(2);
+/// How long the runtime may take to send a pty master.
+pub(crate) const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Exits that arrived while a create was in flight and matched no known pid.
+/// Exits that arrived while a process launch was in flight and matched no
+/// known pid (the process may exit before its pid file is read).
 #[derive(Default)]
-struct EarlyExits {
+pub(crate) struct EarlyExits {
     in_flight: usize,
     exits: Vec<Exit>,
 }
 
 /// The Task API implementation.
 pub struct TaskService {
-    namespace: String,
-    factory: RuntimeFactory,
-    events: Publisher,
+    pub(crate) namespace: String,
+    pub(crate) factory: RuntimeFactory,
+    pub(crate) events: Publisher,
+    pub(crate) reaper: Arc<Reaper>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     reserved: Mutex<HashSet<String>>,
     early: Mutex<EarlyExits>,
     shutdown: Arc<Notify>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Rejects ids that could escape a directory or are empty.
 pub fn validate_id(id: &str) -> Result<()> {
-    if id.is_empty() || id == "." || id == ".." || id.contains('/') || id.contains('\0') {
+    if id.is_empty()
+        || id == "."
+        || id == ".."
+        || id.contains('/')
+        || id.contains('\0')
+        || id.len() > 1024
+    {
         return Err(Error::InvalidArgument(format!("invalid id {id:?}")));
     }
     Ok(())
@@ -78,23 +89,64 @@ fn kill_error(e: RuntimeError) -> Error {
     }
 }
 
+fn read_pid(path: &Path) -> Result<u32> {
+    match std::fs::read_to_string(path).map(|s| s.trim().parse::<u32>()) {
+        Ok(Ok(pid)) if pid > 0 => Ok(pid),
+        other => Err(Error::Unknown(format!(
+            "read pid file {}: {other:?}",
+            path.display()
+        ))),
+    }
+}
+
+/// Guard for a launch in flight: exits of unknown pids are kept meanwhile.
+pub(crate) struct Launch<'a> {
+    svc: &'a TaskService,
+}
+
+impl Drop for Launch<'_> {
+    fn drop(&mut self) {
+        let mut e = lock(&self.svc.early);
+        e.in_flight -= 1;
+        if e.in_flight == 0 {
+            e.exits.clear();
+        }
+    }
+}
+
+impl Launch<'_> {
+    /// An exit of `pid` that arrived before its owner was known.
+    pub(crate) fn take_early(&self, pid: u32) -> Option<Exit> {
+        let mut e = lock(&self.svc.early);
+        let i = e.exits.iter().position(|x| x.pid == pid as i32)?;
+        Some(e.exits.remove(i))
+    }
+}
+
 impl TaskService {
     /// A service for `namespace` with no containers.
     pub fn new(
         namespace: String,
         factory: RuntimeFactory,
         events: Publisher,
+        reaper: Arc<Reaper>,
         shutdown: Arc<Notify>,
     ) -> Arc<Self> {
         Arc::new(TaskService {
             namespace,
             factory,
             events,
+            reaper,
             containers: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
             early: Mutex::new(EarlyExits::default()),
             shutdown,
         })
+    }
+
+    pub(crate) fn begin_launch(&self) -> Launch<'_> {
+        lock(&self.early).in_flight += 1;
+        Launch { svc: self }
     }
 
     /// Receives every reaped exit and applies those of container processes.
@@ -107,12 +159,11 @@ impl TaskService {
     fn on_exit(self: &Arc<Self>, exit: Exit) {
         let found = lock(&self.containers)
             .values()
-            .find(|c| c.pid as i32 == exit.pid)
-            .cloned();
+            .find_map(|c| c.find_pid(exit.pid as u32).map(|p| (c.clone(), p)));
         match found {
-            Some(c) => {
+            Some((c, p)) => {
                 let this = self.clone();
-                tokio::spawn(async move { this.init_exited(c, exit).await });
+                tokio::spawn(async move { this.process_exited(&c, &p, exit).await });
             }
             None => {
                 let mut early = lock(&self.early);
@@ -123,53 +174,92 @@ impl TaskService {
         }
     }
 
-    async fn init_exited(&self, c: Arc<Container>, exit: Exit) {
-        let _order = c.lifecycle.lock().await;
-        if c.kill_all_on_exit {
+    /// Records an exit and publishes it (after any OOM of the container).
+    pub(crate) async fn process_exited(&self, c: &Container, p: &Process, exit: Exit) {
+        let _order = p.lifecycle.lock().await;
+        let is_init = p.exec_id.is_empty();
+        if is_init && c.kill_all_on_exit {
             if let Err(e) = c.runtime.kill(&c.id, 9, true).await {
                 crate::debug!("kill --all after init exit of {}: {e}", c.id);
             }
+        }
+        if is_init {
+            self.report_oom(c);
         }
         let info = ExitInfo {
             status: exit.status,
             at: exit.at,
         };
-        if !c.set_exited(info) {
+        if !p.set_exited(info) {
             return;
         }
         let mut ev = TaskExit::new();
         ev.container_id = c.id.clone();
-        ev.id = c.id.clone();
-        ev.pid = c.pid;
+        ev.id = if is_init {
+            c.id.clone()
+        } else {
+            p.exec_id.clone()
+        };
+        ev.pid = p.pid();
         ev.exit_status = info.status;
         ev.exited_at = MessageField::some(timestamp(info.at));
         self.events.publish(Event::exit(&ev));
     }
 
-    fn get(&self, id: &str) -> Result<Arc<Container>> {
+    /// Publishes `/tasks/oom` if the container's cgroup saw an OOM kill.
+    pub(crate) fn report_oom(&self, c: &Container) {
+        if let Some(w) = c.oom() {
+            if w.check() {
+                let mut ev = TaskOOM::new();
+                ev.container_id = c.id.clone();
+                self.events.publish(Event::oom(&ev));
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Result<Arc<Container>> {
         lock(&self.containers)
             .get(id)
             .cloned()
             .ok_or_else(|| Error::NotFound("container not created".into()))
     }
 
-    fn no_exec(exec_id: &str) -> Result<()> {
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::NotFound(format!("process does not exist {exec_id}")))
+    pub(crate) fn owner<'a>(&'a self, id: &'a str, opts: &Options) -> Owner<'a> {
+        Owner {
+            namespace: &self.namespace,
+            id,
+            reaper: &self.reaper,
+            uid: opts.io_uid,
+            gid: opts.io_gid,
         }
+    }
+
+    /// After a runtime call that created a process: receive its console,
+    /// install its stdio and read its pid.
+    pub(crate) async fn finish_launch(
+        &self,
+        p: &Process,
+        prepared: Prepared,
+        pid_file: &Path,
+    ) -> Result<()> {
+        let Prepared {
+            mut io, console, ..
+        } = prepared;
+        if let Some(cs) = console {
+            let master = cs
+                .receive(CONSOLE_TIMEOUT)
+                .await
+                .map_err(|e| Error::Unknown(format!("receive console: {e}")))?;
+            io.attach_console(master)?;
+        }
+        p.set_io(io).await;
+        p.set_pid(read_pid(pid_file)?);
+        Ok(())
     }
 
     /// Create: mount the rootfs, record options, set up stdio, `runtime create`.
     pub async fn create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         validate_id(&req.id)?;
-        if req.terminal {
-            return Err(Error::Unimplemented("terminal (tty) processes".into()));
-        }
-        if !req.checkpoint.is_empty() {
-            return Err(Error::Unimplemented("restore from checkpoint".into()));
-        }
         let bundle = PathBuf::from(&req.bundle);
         if !bundle.is_absolute() || !bundle.is_dir() {
             return Err(Error::InvalidArgument(format!(
@@ -184,22 +274,11 @@ impl TaskService {
                 return Err(Error::AlreadyExists(format!("container {}", req.id)));
             }
         }
-        lock(&self.early).in_flight += 1;
+        let launch = self.begin_launch();
         let res = self.create_reserved(&req, &bundle, opts).await;
         lock(&self.reserved).remove(&req.id);
-        let early = {
-            let mut e = lock(&self.early);
-            e.in_flight -= 1;
-            let found = match &res {
-                Ok(c) => e.exits.iter().find(|x| x.pid == c.pid as i32).copied(),
-                Err(_) => None,
-            };
-            if e.in_flight == 0 {
-                e.exits.clear();
-            }
-            found
-        };
         let c = res?;
+        let pid = c.init.pid();
         let mut ev = TaskCreate::new();
         ev.container_id = c.id.clone();
         ev.bundle = req.bundle.clone();
@@ -210,14 +289,13 @@ impl TaskService {
         io.stderr = req.stderr.clone();
         io.terminal = req.terminal;
         ev.checkpoint = req.checkpoint.clone();
-        ev.pid = c.pid;
+        ev.pid = pid;
         self.events.publish(Event::create(&ev));
-        if let Some(exit) = early {
-            let this_c = c.clone();
-            self.init_exited(this_c, exit).await;
+        if let Some(exit) = launch.take_early(pid) {
+            self.process_exited(&c, &c.init, exit).await;
         }
         Ok(CreateTaskResponse {
-            pid: c.pid,
+            pid,
             ..Default::default()
         })
     }
@@ -262,8 +340,9 @@ impl TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let (mut io, cside) =
-            ProcessIo::open(&stdio, opts.io_uid, opts.io_gid).map_err(|e| undo(e.into()))?;
+        let mut prepared = ProcessIo::prepare(&stdio, self.owner(&req.id, &opts))
+            .await
+            .map_err(|e| undo(e.into()))?;
         let runtime = (self.factory)(RuntimeConfig {
             binary: opts.binary().to_string(),
             root: opts.runtime_root(&self.namespace),
@@ -271,120 +350,202 @@ impl TaskService {
             systemd_cgroup: opts.systemd_cgroup,
             criu: opts.criu_path.clone(),
         });
-        let pid_file = bundle.join("init.pid");
-        let create = CreateOpts {
-            id: req.id.clone(),
-            bundle: bundle.to_path_buf(),
-            pid_file: pid_file.clone(),
-            no_pivot: opts.no_pivot_root,
-            no_new_keyring: opts.no_new_keyring,
-        };
-        if let Err(e) = runtime.create(create, cside).await {
-            io.shutdown(Duration::from_millis(100)).await;
-            return Err(undo(Error::Unknown(format!(
-                "OCI runtime create failed: {e}"
-            ))));
-        }
-        let pid = match std::fs::read_to_string(&pid_file).map(|s| s.trim().parse::<u32>()) {
-            Ok(Ok(pid)) if pid > 0 => pid,
-            other => {
-                let _ = runtime.delete(&req.id, true).await;
-                io.shutdown(Duration::from_millis(100)).await;
-                return Err(undo(Error::Unknown(format!(
-                    "read init pid file: {other:?}"
-                ))));
-            }
-        };
         let kill_all = std::fs::read_to_string(bundle.join("config.json"))
             .map(|s| should_kill_all_on_exit(&s))
             .unwrap_or(true);
+        let checkpoint = (!req.checkpoint.is_empty()).then(|| Checkpoint {
+            image: PathBuf::from(&req.checkpoint),
+            parent: (!req.parent_checkpoint.is_empty())
+                .then(|| PathBuf::from(&req.parent_checkpoint)),
+        });
+        let status = if checkpoint.is_some() {
+            Status::CreatedCheckpoint
+        } else {
+            Status::Created
+        };
+        let init = Arc::new(Process::new(String::new(), stdio, Vec::new(), status));
         let c = Container::new(
             req.id.clone(),
             bundle.to_path_buf(),
             mounted,
-            runtime,
-            stdio,
-            pid,
+            runtime.clone(),
+            opts.clone(),
             kill_all,
-            io,
+            checkpoint,
+            init.clone(),
         );
+        if c.checkpoint.is_some() {
+            // Nothing runs until Start restores it: keep the stdio for then.
+            let io = std::mem::take(&mut prepared.io);
+            init.set_io(io).await;
+            *lock(&c.pending_restore) = Some(PendingRestore {
+                stdio: prepared.stdio,
+                console: prepared.console,
+            });
+        } else {
+            let pid_file = bundle.join("init.pid");
+            let create = CreateOpts {
+                id: req.id.clone(),
+                bundle: bundle.to_path_buf(),
+                pid_file: pid_file.clone(),
+                no_pivot: opts.no_pivot_root,
+                no_new_keyring: opts.no_new_keyring,
+                console_socket: prepared.console.as_ref().map(|s| s.path().to_path_buf()),
+            };
+            let cside = std::mem::take(&mut prepared.stdio);
+            if let Err(e) = runtime.create(create, cside).await {
+                prepared.io.shutdown(Duration::from_millis(100)).await;
+                return Err(undo(Error::Unknown(format!(
+                    "OCI runtime create failed: {e}"
+                ))));
+            }
+            if let Err(e) = self.finish_launch(&init, prepared, &pid_file).await {
+                let _ = runtime.delete(&req.id, true).await;
+                init.close_io(Duration::from_millis(100)).await;
+                return Err(undo(e));
+            }
+        }
         lock(&self.containers).insert(req.id.clone(), c.clone());
         Ok(c)
     }
 
-    /// Start: `runtime start`, then `/tasks/start` (before any exit event).
+    /// Start: `runtime start` (or restore, or an exec), then the start event
+    /// (before any exit event of the process).
     pub async fn start(&self, req: StartRequest) -> Result<StartResponse> {
-        Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
-        let _order = c.lifecycle.lock().await;
-        c.state().status.check(Op::Start)?;
-        c.runtime
-            .start(&c.id)
-            .await
-            .map_err(|e| Error::Unknown(format!("OCI runtime start failed: {e}")))?;
-        if c.state().status == Status::Created {
-            c.set_status(Status::Running);
+        if !req.exec_id.is_empty() {
+            return self.start_exec(&c, &req.exec_id).await;
         }
+        let init = &c.init;
+        let _order = init.lifecycle.lock().await;
+        let status = init.state().status;
+        status.check(Op::Start)?;
+        if status == Status::CreatedCheckpoint {
+            self.restore(&c).await?;
+        } else {
+            c.runtime
+                .start(&c.id)
+                .await
+                .map_err(|e| Error::Unknown(format!("OCI runtime start failed: {e}")))?;
+        }
+        init.set_status(Status::Running);
+        self.watch_oom(&c);
         let mut ev = TaskStart::new();
         ev.container_id = c.id.clone();
-        ev.pid = c.pid;
+        ev.pid = init.pid();
         self.events.publish(Event::start(&ev));
         Ok(StartResponse {
-            pid: c.pid,
+            pid: init.pid(),
             ..Default::default()
         })
     }
 
-    /// Delete: `runtime delete`, close stdio, unmount, `/tasks/delete`.
-    pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
-        Self::no_exec(&req.exec_id)?;
-        let c = self.get(&req.id)?;
-        let _order = c.lifecycle.lock().await;
-        let st = c.state();
-        st.status.check(Op::Delete)?;
-        if let Err(e) = c.runtime.delete(&c.id, false).await {
-            if !e.message().contains("does not exist") {
-                return Err(Error::Unknown(format!("OCI runtime delete failed: {e}")));
+    /// Registers the OOM watch of a started container (once).
+    fn watch_oom(&self, c: &Arc<Container>) {
+        if c.oom().is_some() {
+            return;
+        }
+        let Some(cg) = c.cgroup() else { return };
+        let Some(dir) = cg.memory_dir() else { return };
+        let watch = match &*cg {
+            crate::cgroup::Cgroup::V1(_) => crate::cgroup::oom::OomWatch::v1(dir),
+            crate::cgroup::Cgroup::V2(_) => crate::cgroup::oom::OomWatch::v2(dir),
+        };
+        let watch = match watch {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                crate::warn!("OOM watch for {}: {e}", c.id);
+                return;
             }
+        };
+        let (w, events, id) = (watch.clone(), self.events.clone(), c.id.clone());
+        let task = tokio::spawn(async move {
+            while w.changed().await {
+                if w.check() {
+                    let mut ev = TaskOOM::new();
+                    ev.container_id = id.clone();
+                    events.publish(Event::oom(&ev));
+                }
+            }
+        });
+        c.set_oom(watch, task.abort_handle());
+    }
+
+    /// Delete: init (runtime delete, stdio, unmount, `/tasks/delete`) or an
+    /// exec (its record and pid file).
+    pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        let c = self.get(&req.id)?;
+        let p = c.process(&req.exec_id)?;
+        let _order = p.lifecycle.lock().await;
+        let st = p.state();
+        st.status.check(Op::Delete)?;
+        if req.exec_id.is_empty() {
+            if let Err(e) = c.runtime.delete(&c.id, false).await {
+                if !e.message().contains("does not exist") {
+                    return Err(Error::Unknown(format!("OCI runtime delete failed: {e}")));
+                }
+            }
+            c.stop_oom();
+            p.close_io(IO_DRAIN).await;
+            for e in c.execs() {
+                e.close_io(Duration::ZERO).await;
+            }
+            if c.mounted_rootfs {
+                unmount_all(&c.bundle.join("rootfs"))?;
+            }
+            lock(&self.containers).remove(&c.id);
+        } else {
+            p.close_io(IO_DRAIN).await;
+            let _ = std::fs::remove_file(c.bundle.join(format!("{}.pid", req.exec_id)));
+            c.remove_exec(&req.exec_id);
         }
-        c.close_io(IO_DRAIN).await;
-        if c.mounted_rootfs {
-            unmount_all(&c.bundle.join("rootfs"))?;
-        }
-        c.set_status(Status::Deleted);
-        lock(&self.containers).remove(&c.id);
+        p.set_status(Status::Deleted);
         let (status, at) = st
             .exit
-            .map(|e| (e.status, timestamp(e.at)))
-            .unwrap_or((0, timestamp(std::time::SystemTime::now())));
-        let mut ev = TaskDelete::new();
-        ev.container_id = c.id.clone();
-        ev.pid = c.pid;
-        ev.exit_status = status;
-        ev.exited_at = MessageField::some(at.clone());
-        self.events.publish(Event::delete(&ev));
+            .map(|e| (e.status, e.at))
+            .unwrap_or((0, SystemTime::now()));
+        if req.exec_id.is_empty() {
+            let mut ev = TaskDelete::new();
+            ev.container_id = c.id.clone();
+            ev.pid = p.pid();
+            ev.exit_status = status;
+            ev.exited_at = MessageField::some(timestamp(at));
+            self.events.publish(Event::delete(&ev));
+        }
         Ok(DeleteResponse {
-            pid: c.pid,
+            pid: p.pid(),
             exit_status: status,
-            exited_at: MessageField::some(at),
+            exited_at: MessageField::some(timestamp(at)),
             ..Default::default()
         })
     }
 
     /// State: the recorded state, never a runtime call.
     pub fn state(&self, req: StateRequest) -> Result<StateResponse> {
-        Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
-        let st = c.state();
+        let p = c.process(&req.exec_id)?;
+        let st = p.state();
+        let mut status = st.status;
+        // An exec reports its container's pause.
+        if !req.exec_id.is_empty() && status == Status::Running {
+            let init = c.init.state().status;
+            if matches!(init, Status::Paused | Status::Pausing) {
+                status = init;
+            }
+        }
         let mut r = StateResponse::new();
-        r.id = c.id.clone();
+        r.id = if req.exec_id.is_empty() {
+            c.id.clone()
+        } else {
+            req.exec_id.clone()
+        };
         r.bundle = c.bundle.display().to_string();
-        r.pid = c.pid;
-        r.status = st.status.to_proto().into();
-        r.stdin = c.stdio.stdin.clone();
-        r.stdout = c.stdio.stdout.clone();
-        r.stderr = c.stdio.stderr.clone();
-        r.terminal = c.stdio.terminal;
+        r.pid = p.pid();
+        r.status = status.to_proto().into();
+        r.stdin = p.stdio.stdin.clone();
+        r.stdout = p.stdio.stdout.clone();
+        r.stderr = p.stdio.stderr.clone();
+        r.terminal = p.stdio.terminal;
         if let Some(e) = st.exit {
             r.exit_status = e.status;
             r.exited_at = MessageField::some(timestamp(e.at));
@@ -392,7 +553,8 @@ impl TaskService {
         Ok(r)
     }
 
-    /// Kill: `runtime kill [--all]`, errors normalised as containerd expects.
+    /// Kill: init through `runtime kill [--all]`, an exec by its pid; errors
+    /// normalised as containerd expects.
     pub async fn kill(&self, req: KillRequest) -> Result<()> {
         if req.signal > 64 {
             return Err(Error::InvalidArgument(format!(
@@ -400,24 +562,37 @@ impl TaskService {
                 req.signal
             )));
         }
-        Self::no_exec(&req.exec_id)?;
         let c = self.get(&req.id)?;
-        let st = c.state();
+        let p = c.process(&req.exec_id)?;
+        let st = p.state();
         st.status.check(Op::Kill)?;
-        if st.status == Status::Stopped && !req.all {
-            return Err(Error::NotFound("process already finished".into()));
+        if req.exec_id.is_empty() {
+            if st.status == Status::Stopped && !req.all {
+                return Err(Error::NotFound("process already finished".into()));
+            }
+            return c
+                .runtime
+                .kill(&c.id, req.signal, req.all)
+                .await
+                .map_err(kill_error);
         }
-        c.runtime
-            .kill(&c.id, req.signal, req.all)
-            .await
-            .map_err(kill_error)
+        match (st.status, p.pid()) {
+            (Status::Stopped, _) => Err(Error::NotFound("process already finished".into())),
+            (_, 0) => Err(Error::FailedPrecondition("process not created".into())),
+            (_, pid) => crate::sys::send_signal(pid as i32, req.signal as i32).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ESRCH) {
+                    Error::NotFound("process already finished".into())
+                } else {
+                    Error::Unknown(format!("unknown error after kill: {e}"))
+                }
+            }),
+        }
     }
 
-    /// Wait: blocks until init exits.
+    /// Wait: blocks until the process exits.
     pub async fn wait(&self, req: WaitRequest) -> Result<WaitResponse> {
-        Self::no_exec(&req.exec_id)?;
-        let c = self.get(&req.id)?;
-        let e = c.wait().await;
+        let p = self.get(&req.id)?.process(&req.exec_id)?;
+        let e = p.wait().await;
         Ok(WaitResponse {
             exit_status: e.status,
             exited_at: MessageField::some(timestamp(e.at)),
@@ -425,37 +600,11 @@ impl TaskService {
         })
     }
 
-    /// Pids: the processes in the container.
-    pub async fn pids(&self, req: PidsRequest) -> Result<PidsResponse> {
-        let c = self.get(&req.id)?;
-        let pids = c
-            .runtime
-            .ps(&c.id)
-            .await
-            .map_err(|e| Error::Unknown(format!("failed to list pids: {e}")))?;
-        let mut r = PidsResponse::new();
-        r.processes = pids
-            .into_iter()
-            .map(|pid| ProcessInfo {
-                pid,
-                ..Default::default()
-            })
-            .collect();
-        Ok(r)
-    }
-
-    /// CloseIO: closes the shim's writer on the process's stdin FIFO.
-    pub async fn close_io(&self, req: CloseIORequest) -> Result<()> {
-        Self::no_exec(&req.exec_id)?;
-        self.get(&req.id)?.close_stdin().await;
-        Ok(())
-    }
-
     /// Connect: the shim's pid and the task's init pid.
     pub fn connect(&self, req: ConnectRequest) -> Result<ConnectResponse> {
         let task_pid = lock(&self.containers)
             .get(&req.id)
-            .map(|c| c.pid)
+            .map(|c| c.init.pid())
             .unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
@@ -472,7 +621,7 @@ impl TaskService {
         Ok(())
     }
 
-    /// Number of containers (for tests and diagnostics).
+    /// Number of containers.
     pub fn len(&self) -> usize {
         lock(&self.containers).len()
     }
@@ -480,338 +629,5 @@ impl TaskService {
     /// Whether no container is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::reaper::Reaper;
-    use crate::runtime::fake::FakeRuntime;
-    use crate::runtime::Runtime;
-    use std::time::SystemTime;
-
-    struct Harness {
-        svc: Arc<TaskService>,
-        rt: Arc<FakeRuntime>,
-        events: tokio::sync::mpsc::UnboundedReceiver<Event>,
-        reaper: Arc<Reaper>,
-        bundle: tempfile::TempDir,
-        shutdown: Arc<Notify>,
-    }
-
-    fn harness() -> Harness {
-        let rt = Arc::new(FakeRuntime {
-            pid: 4242,
-            ps: vec![4242, 4243],
-            ..Default::default()
-        });
-        let rtc = rt.clone();
-        let factory: RuntimeFactory = Arc::new(move |_cfg| rtc.clone() as Arc<dyn Runtime>);
-        let (events, rx) = Publisher::channel();
-        let shutdown = Arc::new(Notify::new());
-        let svc = TaskService::new("ns".into(), factory, events, shutdown.clone());
-        let reaper = Reaper::new();
-        tokio::spawn(svc.clone().handle_exits(reaper.subscribe()));
-        let bundle = tempfile::tempdir().unwrap();
-        std::fs::write(
-            bundle.path().join("config.json"),
-            r#"{"linux":{"namespaces":[{"type":"pid"}]}}"#,
-        )
-        .unwrap();
-        Harness {
-            svc,
-            rt,
-            events: rx,
-            reaper,
-            bundle,
-            shutdown,
-        }
-    }
-
-    fn create_req(h: &Harness, id: &str) -> CreateTaskRequest {
-        CreateTaskRequest {
-            id: id.into(),
-            bundle: h.bundle.path().display().to_string(),
-            ..Default::default()
-        }
-    }
-
-    async fn next_topic(h: &mut Harness) -> &'static str {
-        tokio::time::timeout(Duration::from_secs(5), h.events.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .topic
-    }
-
-    #[tokio::test]
-    async fn lifecycle_events_and_states() {
-        let mut h = harness();
-        let r = h.svc.create(create_req(&h, "c1")).await.unwrap();
-        assert_eq!(r.pid, 4242);
-        assert_eq!(next_topic(&mut h).await, "/tasks/create");
-        assert!(h.bundle.path().join("options.json").exists());
-        assert!(h.bundle.path().join("runtime").exists());
-        let st = |h: &Harness| {
-            h.svc
-                .state(StateRequest {
-                    id: "c1".into(),
-                    ..Default::default()
-                })
-                .unwrap()
-        };
-        assert_eq!(
-            st(&h).status.enum_value().unwrap(),
-            containerd_shim_protos::types::task::Status::CREATED
-        );
-
-        h.svc
-            .start(StartRequest {
-                id: "c1".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(next_topic(&mut h).await, "/tasks/start");
-        assert_eq!(
-            st(&h).status.enum_value().unwrap(),
-            containerd_shim_protos::types::task::Status::RUNNING
-        );
-
-        // Start again is refused before any runtime call.
-        let calls = h.rt.calls.lock().unwrap().len();
-        assert!(h
-            .svc
-            .start(StartRequest {
-                id: "c1".into(),
-                ..Default::default()
-            })
-            .await
-            .is_err());
-        assert_eq!(h.rt.calls.lock().unwrap().len(), calls);
-
-        // Delete while running is refused.
-        let err = h
-            .svc
-            .delete(DeleteRequest {
-                id: "c1".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::FailedPrecondition(_)));
-
-        let svc = h.svc.clone();
-        let waiter = tokio::spawn(async move {
-            svc.wait(WaitRequest {
-                id: "c1".into(),
-                ..Default::default()
-            })
-            .await
-        });
-        h.reaper.publish(Exit {
-            pid: 4242,
-            status: 3,
-            at: SystemTime::now(),
-        });
-        assert_eq!(next_topic(&mut h).await, "/tasks/exit");
-        assert_eq!(waiter.await.unwrap().unwrap().exit_status, 3);
-        assert_eq!(st(&h).exit_status, 3);
-
-        // A second kill after exit is NotFound, without a runtime call.
-        let err = h
-            .svc
-            .kill(KillRequest {
-                id: "c1".into(),
-                signal: 9,
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::NotFound(_)), "{err:?}");
-
-        let d = h
-            .svc
-            .delete(DeleteRequest {
-                id: "c1".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!((d.pid, d.exit_status), (4242, 3));
-        assert_eq!(next_topic(&mut h).await, "/tasks/delete");
-        assert!(matches!(
-            h.svc.state(StateRequest {
-                id: "c1".into(),
-                ..Default::default()
-            }),
-            Err(Error::NotFound(_))
-        ));
-        let calls = h.rt.calls.lock().unwrap().clone();
-        assert_eq!(calls, ["create c1", "start c1", "delete c1 force=false"]);
-        // The pid namespace is private: no kill --all after init exits.
-        h.svc.shutdown(ShutdownRequest::default()).unwrap();
-        tokio::time::timeout(Duration::from_secs(1), h.shutdown.notified())
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn bad_input_gets_clear_codes() {
-        let h = harness();
-        for id in ["", "..", "a/b"] {
-            let err = h.svc.create(create_req(&h, id)).await.unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument(_)), "{id:?}: {err:?}");
-        }
-        let mut req = create_req(&h, "c2");
-        let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
-        any.type_url = "example.com/Unknown".into();
-        req.options = MessageField::some(any);
-        assert!(matches!(
-            h.svc.create(req).await,
-            Err(Error::InvalidArgument(_))
-        ));
-        let mut req = create_req(&h, "c2");
-        req.stdout = "gopher://x".into();
-        assert!(matches!(
-            h.svc.create(req).await,
-            Err(Error::InvalidArgument(_))
-        ));
-        let err = h
-            .svc
-            .kill(KillRequest {
-                id: "nope".into(),
-                signal: 9,
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(err.to_string(), "container not created: not found");
-        h.svc.create(create_req(&h, "c3")).await.unwrap();
-        let err = h
-            .svc
-            .kill(KillRequest {
-                id: "c3".into(),
-                signal: 99,
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)));
-        assert!(matches!(
-            h.svc.create(create_req(&h, "c3")).await,
-            Err(Error::AlreadyExists(_))
-        ));
-        // Shutdown with a container left does nothing.
-        h.svc.shutdown(ShutdownRequest::default()).unwrap();
-        assert!(
-            tokio::time::timeout(Duration::from_millis(100), h.shutdown.notified())
-                .await
-                .is_err()
-        );
-    }
-
-    #[tokio::test]
-    async fn runtime_failures_are_reported_and_cleaned_up() {
-        let h = harness();
-        h.rt.fail
-            .lock()
-            .unwrap()
-            .insert("create".into(), "exec: \"nope\": not found".into());
-        let err = h.svc.create(create_req(&h, "c4")).await.unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "OCI runtime create failed: exec: \"nope\": not found"
-        );
-        assert!(h.svc.is_empty());
-        h.rt.fail.lock().unwrap().clear();
-        h.svc.create(create_req(&h, "c4")).await.unwrap();
-        h.rt.fail
-            .lock()
-            .unwrap()
-            .insert("kill".into(), "container not running".into());
-        let err = h
-            .svc
-            .kill(KillRequest {
-                id: "c4".into(),
-                signal: 15,
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::NotFound(ref m) if m == "process already finished"));
-        h.rt.fail
-            .lock()
-            .unwrap()
-            .insert("kill".into(), "container \"c4\" does not exist".into());
-        let err = h
-            .svc
-            .kill(KillRequest {
-                id: "c4".into(),
-                signal: 15,
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::NotFound(ref m) if m == "no such container"));
-        h.rt.fail
-            .lock()
-            .unwrap()
-            .insert("kill".into(), "permission denied".into());
-        let err = h
-            .svc
-            .kill(KillRequest {
-                id: "c4".into(),
-                signal: 15,
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Unknown(_)));
-        let pids = h
-            .svc
-            .pids(PidsRequest {
-                id: "c4".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            pids.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
-            [4242, 4243]
-        );
-    }
-
-    #[tokio::test]
-    async fn shared_pid_namespace_kills_all_on_init_exit() {
-        let mut h = harness();
-        std::fs::write(
-            h.bundle.path().join("config.json"),
-            r#"{"linux":{"namespaces":[]}}"#,
-        )
-        .unwrap();
-        h.svc.create(create_req(&h, "c5")).await.unwrap();
-        h.svc
-            .start(StartRequest {
-                id: "c5".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        h.reaper.publish(Exit {
-            pid: 4242,
-            status: 0,
-            at: SystemTime::now(),
-        });
-        assert_eq!(next_topic(&mut h).await, "/tasks/create");
-        assert_eq!(next_topic(&mut h).await, "/tasks/start");
-        assert_eq!(next_topic(&mut h).await, "/tasks/exit");
-        assert!(h
-            .rt
-            .calls
-            .lock()
-            .unwrap()
-            .contains(&"kill c5 9 all=true".to_string()));
     }
 }

@@ -1,32 +1,40 @@
 //! Process stdio: parses the stdio URIs containerd sends, creates the pipes
-//! the container writes into, and runs the relays that carry the bytes to
-//! their destination.
+//! (or the terminal) the container writes into, and runs the relays that
+//! carry the bytes to their destination.
 //!
 //! | URI | container side | shim side |
 //! |---|---|---|
 //! | all empty | `/dev/null` | nothing |
-//! | plain path (FIFO) | a pipe per stream | splice relay into the FIFO; the shim also keeps a reader open so a container never gets SIGPIPE when the client leaves |
-//! | `file:///path` | a pipe per stream | splice relay into the file (created 0644, appended) |
+//! | plain path to a FIFO | a pipe per stream | splice relay into the FIFO; the shim also keeps a reader open so a container never gets SIGPIPE when the client leaves |
+//! | plain path to a regular file | a pipe per stream | relay appending to the file |
+//! | `file:///path` | a pipe per stream | relay into the file (created 0644 with its directory) |
+//! | `binary:///path?k=v` | a pipe per stream | the pipes' read ends go to a logger process ([`logger`]) |
+//! | terminal | a pty (via [`console`]) | pty master → stdout destination; stdin → master; stderr unused |
 //! | other schemes | — | refused with a clear error |
 //!
-//! stdin (a FIFO) is relayed into a pipe; the shim holds a writer on the
-//! stdin FIFO (the CloseIO handle) so that reads wait for data instead of
+//! stdin (a FIFO) is relayed into a pipe (or the pty); the shim holds a writer
+//! on the stdin FIFO (the CloseIO handle) so reads wait for data instead of
 //! seeing EOF before the client connects.
 
+pub mod console;
+pub mod logger;
 pub mod relay;
 
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustix::fs::{Gid, Uid};
 use rustix::pipe::{pipe_with, PipeFlags};
 use tokio::task::JoinHandle;
 
+use crate::reaper::Reaper;
 use crate::runtime::ProcessStdio;
+use console::ConsoleSocket;
+use logger::Logger;
 use relay::{relay, Sink};
 
 /// Errors setting up stdio.
@@ -48,10 +56,12 @@ pub enum StdioError {
 pub enum Target {
     /// Not connected.
     Null,
-    /// A FIFO the client reads (or, for stdin, writes).
+    /// A FIFO the client reads (or, for stdin, writes), or an existing file.
     Fifo(PathBuf),
-    /// A file the shim appends to.
+    /// A file the shim appends to, created if needed.
     File(PathBuf),
+    /// A logger binary and its arguments.
+    Binary(PathBuf, Vec<String>),
 }
 
 /// The three stdio URIs of a process.
@@ -75,26 +85,39 @@ pub fn parse_target(uri: &str) -> Result<Target, StdioError> {
     let Some((scheme, rest)) = uri.split_once("://") else {
         return Ok(Target::Fifo(PathBuf::from(uri)));
     };
-    match scheme {
-        "fifo" => Ok(Target::Fifo(PathBuf::from(rest))),
-        "file" => {
-            let path = rest.split(['?', '#']).next().unwrap_or("");
-            if !path.starts_with('/') {
-                return Err(StdioError::BadUri(uri.to_string()));
-            }
-            Ok(Target::File(PathBuf::from(percent_decode(path))))
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, q.split('#').next().unwrap_or("")),
+        None => (rest.split('#').next().unwrap_or(""), ""),
+    };
+    let absolute = |p: &str| {
+        if p.starts_with('/') {
+            Ok(PathBuf::from(percent_decode(p)))
+        } else {
+            Err(StdioError::BadUri(uri.to_string()))
         }
+    };
+    match scheme {
+        "fifo" => Ok(Target::Fifo(absolute(path)?)),
+        "file" => Ok(Target::File(absolute(path)?)),
+        "binary" => Ok(Target::Binary(
+            absolute(path)?,
+            logger::args_from_query(query),
+        )),
         other => Err(StdioError::UnknownScheme(other.to_string())),
     }
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes.
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+        if b[i] == b'%' {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 out.push(v);
                 i += 3;
                 continue;
@@ -104,13 +127,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The shim side of a process's stdio: running relays and the stdin handle.
-pub struct ProcessIo {
-    outputs: Vec<JoinHandle<()>>,
-    stdin_relay: Option<JoinHandle<()>>,
-    stdin_closer: Mutex<Option<OwnedFd>>,
 }
 
 fn io_err(what: &Path) -> impl FnOnce(std::io::Error) -> StdioError + '_ {
@@ -162,60 +178,181 @@ fn open_log_file(path: &Path, create: bool) -> Result<OwnedFd, StdioError> {
     Ok(fd)
 }
 
+fn pipe() -> Result<(OwnedFd, OwnedFd), StdioError> {
+    pipe_with(PipeFlags::CLOEXEC).map_err(|e| StdioError::Io("pipe".into(), e.into()))
+}
+
+fn dup(fd: &OwnedFd) -> Result<OwnedFd, StdioError> {
+    fd.try_clone().map_err(|e| StdioError::Io("dup".into(), e))
+}
+
+/// A relay destination plus the fd that must live as long as it (the
+/// shim's own reader on an output FIFO).
+struct Dest {
+    sink: Sink,
+    keeper: Option<OwnedFd>,
+}
+
+/// Opens the destination of an output stream that is not a logger.
+fn open_dest(
+    target: &Target,
+    shared: &mut Option<(PathBuf, OwnedFd)>,
+) -> Result<Option<Dest>, StdioError> {
+    let path = match target {
+        Target::Null | Target::Binary(..) => return Ok(None),
+        Target::Fifo(p) | Target::File(p) => p,
+    };
+    if matches!(target, Target::Fifo(_)) && is_fifo(path)? {
+        // Our own reader first: it keeps the FIFO open for writing (no
+        // ENXIO, no SIGPIPE) whether or not a client reads.
+        let keeper = open_fifo(path, false)?;
+        let w = open_fifo(path, true)?;
+        return Ok(Some(Dest {
+            sink: Sink::Pollable(w),
+            keeper: Some(keeper),
+        }));
+    }
+    let fd = match shared {
+        Some((p, fd)) if p == path => dup(fd)?,
+        _ => {
+            let fd = open_log_file(path, matches!(target, Target::File(_)))?;
+            *shared = Some((path.clone(), dup(&fd)?));
+            fd
+        }
+    };
+    Ok(Some(Dest {
+        sink: Sink::File(fd),
+        keeper: None,
+    }))
+}
+
+/// What a process needs before the runtime call, and what to hand it.
+pub struct Prepared {
+    /// The shim side: relays already running (or waiting for the console).
+    pub io: ProcessIo,
+    /// The container side, for the runtime.
+    pub stdio: ProcessStdio,
+    /// The console socket for `--console-socket`, for a terminal.
+    pub console: Option<ConsoleSocket>,
+}
+
+/// Identity passed to logger binaries.
+pub struct Owner<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Container id.
+    pub id: &'a str,
+    /// The reaper (to learn when a logger exits).
+    pub reaper: &'a Arc<Reaper>,
+    /// Owner of the container ends of pipes (IoUid/IoGid).
+    pub uid: u32,
+    /// Group of the container ends of pipes.
+    pub gid: u32,
+}
+
+/// The shim side of a process's stdio: running relays, the stdin handle,
+/// the console, and the logger.
+#[derive(Default)]
+pub struct ProcessIo {
+    tasks: Vec<JoinHandle<()>>,
+    stdin_relay: Option<JoinHandle<()>>,
+    stdin_closer: Mutex<Option<OwnedFd>>,
+    console: Mutex<Option<OwnedFd>>,
+    logger: Option<Logger>,
+    /// For a terminal: where the master's output goes, and the stdin source,
+    /// until the master arrives.
+    pending_console: Option<(Option<Dest>, Option<OwnedFd>)>,
+}
+
 impl ProcessIo {
-    /// Sets up stdio for a new process. Returns the shim side (relays already
-    /// running) and the container side to hand to the runtime.
-    pub fn open(
-        spec: &StdioSpec,
-        uid: u32,
-        gid: u32,
-    ) -> Result<(ProcessIo, ProcessStdio), StdioError> {
+    /// Sets up stdio for a new process.
+    pub async fn prepare(spec: &StdioSpec, owner: Owner<'_>) -> Result<Prepared, StdioError> {
         let (stdin_t, stdout_t, stderr_t) = (
             parse_target(&spec.stdin)?,
             parse_target(&spec.stdout)?,
             parse_target(&spec.stderr)?,
         );
-        let mut io = ProcessIo {
-            outputs: Vec::new(),
-            stdin_relay: None,
-            stdin_closer: Mutex::new(None),
-        };
+        let mut io = ProcessIo::default();
         let mut cside = ProcessStdio::default();
-        let pipe =
-            || pipe_with(PipeFlags::CLOEXEC).map_err(|e| StdioError::Io("pipe".into(), e.into()));
         let chown = |fd: &OwnedFd| {
-            if uid != 0 || gid != 0 {
-                let _ = rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+            if owner.uid != 0 || owner.gid != 0 {
+                let _ = rustix::fs::fchown(
+                    fd,
+                    Some(Uid::from_raw(owner.uid)),
+                    Some(Gid::from_raw(owner.gid)),
+                );
             }
         };
 
-        // One shared file description when stdout and stderr name one file.
-        let mut shared_file: Option<(PathBuf, OwnedFd)> = None;
+        // A logger takes both streams' pipes.
+        let mut logger_stdout_w = None;
+        if let Target::Binary(path, args) = &stdout_t {
+            let (r1, w1) = pipe()?;
+            let (r2, w2) = pipe()?;
+            let logger = Logger::start(
+                path,
+                args,
+                owner.namespace,
+                owner.id,
+                &r1,
+                &r2,
+                owner.reaper,
+            )
+            .await
+            .map_err(io_err(path))?;
+            // Our own readers: drained if the logger dies.
+            let mut exited = logger.exited();
+            io.tasks.push(tokio::spawn(async move {
+                if exited.wait_for(|e| *e).await.is_ok() {
+                    crate::warn!("logger exited; discarding the container's output");
+                    tokio::join!(relay::discard(r1), relay::discard(r2));
+                }
+            }));
+            io.logger = Some(logger);
+            if spec.terminal {
+                logger_stdout_w = Some(w1);
+            } else {
+                chown(&w1);
+                chown(&w2);
+                cside.stdout = Some(w1);
+                cside.stderr = Some(w2);
+            }
+        }
+
+        let mut shared = None;
+        let stdin_src = match &stdin_t {
+            Target::Null => None,
+            Target::Fifo(path) => {
+                let src = open_fifo(path, false)?;
+                *io.stdin_closer.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(open_fifo(path, true)?);
+                Some(src)
+            }
+            Target::File(path) => Some(std::fs::File::open(path).map_err(io_err(path))?.into()),
+            Target::Binary(..) => return Err(StdioError::BadUri(spec.stdin.clone())),
+        };
+
+        if spec.terminal {
+            let console =
+                ConsoleSocket::new().map_err(|e| StdioError::Io("console socket".into(), e))?;
+            let dest = match logger_stdout_w {
+                Some(w) => Some(Dest {
+                    sink: Sink::Pollable(w),
+                    keeper: None,
+                }),
+                None => open_dest(&stdout_t, &mut shared)?,
+            };
+            io.pending_console = Some((dest, stdin_src));
+            return Ok(Prepared {
+                io,
+                stdio: cside,
+                console: Some(console),
+            });
+        }
+
         for (target, is_err) in [(&stdout_t, false), (&stderr_t, true)] {
-            let (sink, keeper) = match target {
-                Target::Null => continue,
-                Target::Fifo(path) if is_fifo(path)? => {
-                    // Our own reader first: it keeps the FIFO open for writing
-                    // (no ENXIO, no SIGPIPE) whether or not a client reads.
-                    // It lives as long as the relay's writer.
-                    let keeper = open_fifo(path, false)?;
-                    let w = open_fifo(path, true)?;
-                    (Sink::Pollable(w), Some(keeper))
-                }
-                // A plain path that is an existing regular file is appended to.
-                Target::Fifo(path) | Target::File(path) => {
-                    let create = matches!(target, Target::File(_));
-                    let fd = match &shared_file {
-                        Some((p, fd)) if p == path => fd.try_clone().map_err(io_err(path))?,
-                        _ => {
-                            let fd = open_log_file(path, create)?;
-                            shared_file =
-                                Some((path.clone(), fd.try_clone().map_err(io_err(path))?));
-                            fd
-                        }
-                    };
-                    (Sink::File(fd), None)
-                }
+            let Some(dest) = open_dest(target, &mut shared)? else {
+                continue;
             };
             let (r, w) = pipe()?;
             chown(&w);
@@ -224,33 +361,50 @@ impl ProcessIo {
             } else {
                 cside.stdout = Some(w);
             }
-            io.outputs.push(tokio::spawn(async move {
-                if let Err(e) = relay(r, sink).await {
-                    crate::warn!("stdio relay: {e}");
-                }
-                drop(keeper);
+            io.tasks.push(spawn_relay(r, dest));
+        }
+        if let Some(src) = stdin_src {
+            let (r, w) = pipe()?;
+            chown(&r);
+            cside.stdin = Some(r);
+            io.stdin_relay = Some(tokio::spawn(async move {
+                let _ = relay(src, Sink::Pollable(w)).await;
             }));
         }
+        Ok(Prepared {
+            io,
+            stdio: cside,
+            console: None,
+        })
+    }
 
-        match &stdin_t {
-            Target::Null => {}
-            Target::Fifo(path) => {
-                let src = open_fifo(path, false)?;
-                let closer = open_fifo(path, true)?;
-                let (r, w) = pipe()?;
-                chown(&r);
-                cside.stdin = Some(r);
-                *io.stdin_closer.lock().unwrap_or_else(|p| p.into_inner()) = Some(closer);
-                io.stdin_relay = Some(tokio::spawn(async move {
-                    let _ = relay(src, Sink::Pollable(w)).await;
-                }));
-            }
-            Target::File(path) => {
-                let f = std::fs::File::open(path).map_err(io_err(path))?;
-                cside.stdin = Some(f.into());
-            }
+    /// Starts relaying a terminal once its pty master has arrived.
+    pub fn attach_console(&mut self, master: OwnedFd) -> Result<(), StdioError> {
+        let (dest, stdin_src) = self.pending_console.take().unwrap_or((None, None));
+        if let Some(dest) = dest {
+            self.tasks.push(spawn_relay(dup(&master)?, dest));
         }
-        Ok((io, cside))
+        if let Some(src) = stdin_src {
+            let to_master = dup(&master)?;
+            self.stdin_relay = Some(tokio::spawn(async move {
+                let _ = relay(src, Sink::Pollable(to_master)).await;
+            }));
+        }
+        *self.console.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
+        Ok(())
+    }
+
+    /// Resizes the terminal, if the process has one.
+    pub fn resize(&self, width: u32, height: u32) -> std::io::Result<()> {
+        match self
+            .console
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(m) => console::resize(m, width, height),
+            None => Ok(()),
+        }
     }
 
     /// Closes the shim's writer on the stdin FIFO (CloseIO): once the client
@@ -263,16 +417,22 @@ impl ProcessIo {
     }
 
     /// Waits up to `timeout` for the output relays to reach EOF, then stops
-    /// everything and releases every fd.
+    /// everything (the logger last) and releases every fd.
     pub async fn shutdown(&mut self, timeout: Duration) {
-        let outputs = std::mem::take(&mut self.outputs);
-        let aborts: Vec<_> = outputs.iter().map(|h| h.abort_handle()).collect();
+        // The console's master: once the process is gone nothing more comes.
+        self.console
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let tasks = std::mem::take(&mut self.tasks);
+        let aborts: Vec<_> = tasks.iter().map(|h| h.abort_handle()).collect();
         let all = async {
-            for h in outputs {
+            for h in tasks {
                 let _ = h.await;
             }
         };
-        if tokio::time::timeout(timeout, all).await.is_err() {
+        let logger = self.logger.take();
+        if tokio::time::timeout(timeout, all).await.is_err() || logger.is_some() {
             for a in aborts {
                 a.abort();
             }
@@ -281,12 +441,24 @@ impl ProcessIo {
         if let Some(h) = self.stdin_relay.take() {
             h.abort();
         }
+        if let Some(l) = logger {
+            l.stop(timeout).await;
+        }
     }
+}
+
+fn spawn_relay(src: OwnedFd, dest: Dest) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = relay(src, dest.sink).await {
+            crate::warn!("stdio relay: {e}");
+        }
+        drop(dest.keeper);
+    })
 }
 
 impl Drop for ProcessIo {
     fn drop(&mut self) {
-        for h in &self.outputs {
+        for h in &self.tasks {
             h.abort();
         }
         if let Some(h) = &self.stdin_relay {
@@ -299,6 +471,16 @@ impl Drop for ProcessIo {
 mod tests {
     use super::*;
 
+    fn owner(reaper: &Arc<Reaper>) -> Owner<'_> {
+        Owner {
+            namespace: "ns",
+            id: "c",
+            reaper,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
     #[test]
     fn parses_uris() {
         assert_eq!(parse_target("").unwrap(), Target::Null);
@@ -310,6 +492,13 @@ mod tests {
             parse_target("file:///var/log/c%201.log").unwrap(),
             Target::File("/var/log/c 1.log".into())
         );
+        assert_eq!(
+            parse_target("binary:///usr/bin/logger?id=x&verbose").unwrap(),
+            Target::Binary(
+                "/usr/bin/logger".into(),
+                vec!["id".into(), "x".into(), "verbose".into()]
+            )
+        );
         assert!(matches!(
             parse_target("file://relative"),
             Err(StdioError::BadUri(_))
@@ -320,10 +509,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(percent_decode("a%2Fb%"), "a/b%");
     }
 
     #[tokio::test]
     async fn plain_path_to_a_regular_file_is_appended_and_missing_path_is_an_error() {
+        let reaper = Reaper::new();
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("out.log");
         std::fs::write(&f, "old\n").unwrap();
@@ -333,22 +524,23 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            ProcessIo::open(&spec, 0, 0),
+            ProcessIo::prepare(&spec, owner(&reaper)).await,
             Err(StdioError::Io(..))
         ));
         let spec = StdioSpec {
             stdout: f.display().to_string(),
             ..Default::default()
         };
-        let (mut io, cside) = ProcessIo::open(&spec, 0, 0).unwrap();
-        rustix::io::write(cside.stdout.as_ref().unwrap(), b"new\n").unwrap();
-        drop(cside);
-        io.shutdown(Duration::from_secs(5)).await;
+        let mut p = ProcessIo::prepare(&spec, owner(&reaper)).await.unwrap();
+        rustix::io::write(p.stdio.stdout.as_ref().unwrap(), b"new\n").unwrap();
+        drop(p.stdio);
+        p.io.shutdown(Duration::from_secs(5)).await;
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "old\nnew\n");
     }
 
     #[tokio::test]
     async fn fifo_output_survives_client_absence_and_file_gets_both_streams() {
+        let reaper = Reaper::new();
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("out");
         rustix::fs::mkfifoat(
@@ -363,12 +555,38 @@ mod tests {
             stderr: format!("file://{}", log.display()),
             ..Default::default()
         };
-        let (mut io, cside) = ProcessIo::open(&spec, 0, 0).unwrap();
+        let mut p = ProcessIo::prepare(&spec, owner(&reaper)).await.unwrap();
         // No client reads the FIFO: a small write still succeeds.
-        rustix::io::write(cside.stdout.as_ref().unwrap(), b"hello").unwrap();
-        rustix::io::write(cside.stderr.as_ref().unwrap(), b"oops\n").unwrap();
-        drop(cside);
-        io.shutdown(Duration::from_secs(5)).await;
+        rustix::io::write(p.stdio.stdout.as_ref().unwrap(), b"hello").unwrap();
+        rustix::io::write(p.stdio.stderr.as_ref().unwrap(), b"oops\n").unwrap();
+        drop(p.stdio);
+        p.io.shutdown(Duration::from_secs(5)).await;
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "oops\n");
+    }
+
+    #[tokio::test]
+    async fn terminal_waits_for_the_master_and_copies_both_ways() {
+        let reaper = Reaper::new();
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out.log");
+        let spec = StdioSpec {
+            stdout: format!("file://{}", out.display()),
+            terminal: true,
+            ..Default::default()
+        };
+        let mut p = ProcessIo::prepare(&spec, owner(&reaper)).await.unwrap();
+        assert!(p.console.is_some());
+        assert!(
+            p.stdio.stdout.is_none(),
+            "the runtime gives a terminal its pty"
+        );
+        // Stand in for a pty with a pipe: output flows from the "master".
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        p.io.attach_console(r).unwrap();
+        rustix::io::write(&w, b"tty says hi\r\n").unwrap();
+        drop(w);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        p.io.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "tty says hi\r\n");
     }
 }

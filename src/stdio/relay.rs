@@ -1,14 +1,16 @@
-//! Moves bytes from a pipe to a pipe, FIFO or file without copying them
-//! through userspace: `splice(2)` with non-blocking ends, driven by tokio's
-//! readiness. Falls back to read/write when the kernel refuses to splice.
+//! Moves bytes from a pipe, FIFO or pty to a pipe, FIFO, pty or file without
+//! copying them through userspace where the kernel allows: `splice(2)` with
+//! non-blocking ends, driven by tokio's readiness. Falls back to read/write
+//! when the kernel refuses to splice (ptys, append-only files).
 //!
-//! A relay ends at EOF on its source and then drops both ends, which is how
-//! readers of the destination FIFO learn that the output is complete. If the
+//! A relay ends at EOF on its source (EIO from a pty master whose slave is
+//! closed counts as EOF) and then drops both ends, which is how readers of
+//! the destination FIFO learn that the output is complete. If the
 //! destination breaks (EPIPE), the relay keeps draining the source into
 //! nothing, so the container is never blocked on a dead reader.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
@@ -17,16 +19,18 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 const CHUNK: usize = 1 << 20;
+const BUF: usize = 64 * 1024;
 
 /// Where a relay writes.
 pub enum Sink {
-    /// A pipe or FIFO: non-blocking, polled for space.
+    /// A pipe, FIFO or pty: non-blocking, polled for space.
     Pollable(OwnedFd),
     /// A regular file (always writable).
     File(OwnedFd),
 }
 
-fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+/// Puts `fd` in non-blocking mode.
+pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(fd)?;
     rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
     Ok(())
@@ -42,107 +46,108 @@ fn writable_now(fd: impl AsFd) -> bool {
         && fds[0].revents().contains(PollFlags::OUT)
 }
 
-/// Relays `src` (a pipe or FIFO read end) into `sink` until EOF. Returns the
-/// number of bytes that reached the sink.
-pub async fn relay(src: OwnedFd, sink: Sink) -> io::Result<u64> {
-    set_nonblocking(&src)?;
-    let src = crate::sys::async_fd(src, Interest::READABLE)?;
-    let (dst, pollable) = match sink {
-        Sink::Pollable(fd) => {
-            set_nonblocking(&fd)?;
-            (fd, true)
-        }
-        Sink::File(fd) => (fd, false),
-    };
-    let dst = if pollable {
-        Dst::Poll(crate::sys::async_fd(dst, Interest::WRITABLE)?)
-    } else {
-        Dst::Plain(dst)
-    };
-    let mut total = 0u64;
-    let mut use_splice = true;
-    let mut buf = Vec::new();
-    loop {
-        let mut ready = src.readable().await?;
-        let res = if use_splice {
-            splice(
-                src.get_ref(),
-                None,
-                dst.fd(),
-                None,
-                CHUNK,
-                SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
-            )
-        } else {
-            copy_once(src.get_ref(), dst.fd(), &mut buf)
-        };
-        match res {
-            Ok(0) => return Ok(total),
-            Ok(n) => total += n as u64,
-            Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => {
-                if let Dst::Poll(d) = &dst {
-                    if !writable_now(d.get_ref()) {
-                        wait_writable(d).await?;
-                        continue;
-                    }
-                }
-                ready.clear_ready();
-            }
-            Err(Errno::INVAL) if use_splice => use_splice = false,
-            Err(e) => {
-                crate::debug!("relay: destination failed ({e}); discarding the rest");
-                drop(ready);
-                drain(&src).await;
-                return Ok(total);
-            }
-        }
-    }
-}
-
 enum Dst {
     Poll(AsyncFd<OwnedFd>),
     Plain(OwnedFd),
 }
 
 impl Dst {
-    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Dst::Poll(a) => a.get_ref().as_fd(),
             Dst::Plain(f) => f.as_fd(),
         }
     }
+
+    /// Waits until the destination can take more bytes.
+    async fn wait_writable(&self) -> io::Result<()> {
+        let Dst::Poll(d) = self else { return Ok(()) };
+        loop {
+            let mut g = d.writable().await?;
+            if writable_now(d.get_ref()) {
+                return Ok(());
+            }
+            g.clear_ready();
+        }
+    }
+
+    /// Writes all of `data`, waiting for room as needed.
+    async fn write_all(&self, mut data: &[u8]) -> Result<(), Errno> {
+        while !data.is_empty() {
+            match rustix::io::write(self.fd(), data) {
+                Ok(n) => data = &data[n..],
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => self.wait_writable().await.map_err(|_| Errno::IO)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
-async fn wait_writable(d: &AsyncFd<OwnedFd>) -> io::Result<()> {
+/// Relays `src` (a pipe, FIFO or pty) into `sink` until EOF. Returns the
+/// number of bytes that reached the sink.
+pub async fn relay(src: OwnedFd, sink: Sink) -> io::Result<u64> {
+    set_nonblocking(&src)?;
+    let src = crate::sys::async_fd(src, Interest::READABLE)?;
+    let dst = match sink {
+        Sink::Pollable(fd) => {
+            set_nonblocking(&fd)?;
+            Dst::Poll(crate::sys::async_fd(fd, Interest::WRITABLE)?)
+        }
+        Sink::File(fd) => Dst::Plain(fd),
+    };
+    let mut total = 0u64;
+    let mut use_splice = true;
+    let mut buf = Vec::new();
     loop {
-        let mut g = d.writable().await?;
-        if writable_now(d.get_ref()) {
-            return Ok(());
+        let mut ready = src.readable().await?;
+        if use_splice {
+            let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+            match splice(src.get_ref(), None, dst.fd(), None, CHUNK, flags) {
+                Ok(0) | Err(Errno::IO) => return Ok(total),
+                Ok(n) => total += n as u64,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => {
+                    if matches!(dst, Dst::Poll(_)) && !writable_now(dst.fd()) {
+                        drop(ready);
+                        dst.wait_writable().await?;
+                    } else {
+                        ready.clear_ready();
+                    }
+                }
+                Err(Errno::INVAL) => use_splice = false,
+                Err(e) => {
+                    crate::debug!("relay: destination failed ({e}); discarding the rest");
+                    drop(ready);
+                    drain(&src).await;
+                    return Ok(total);
+                }
+            }
+        } else {
+            buf.resize(BUF, 0);
+            match rustix::io::read(src.get_ref(), &mut buf[..]) {
+                Ok(0) | Err(Errno::IO) => return Ok(total),
+                Ok(n) => {
+                    drop(ready);
+                    if let Err(e) = dst.write_all(&buf[..n]).await {
+                        crate::debug!("relay: destination failed ({e}); discarding the rest");
+                        drain(&src).await;
+                        return Ok(total);
+                    }
+                    total += n as u64;
+                }
+                Err(Errno::AGAIN) => ready.clear_ready(),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        g.clear_ready();
     }
-}
-
-/// One read/write step for sinks that cannot splice. Partial writes are
-/// finished in place (the sink is a file or a pipe with room).
-fn copy_once(src: impl AsFd, dst: impl AsFd, buf: &mut Vec<u8>) -> Result<usize, Errno> {
-    buf.resize(64 * 1024, 0);
-    let n = rustix::io::read(&src, &mut buf[..])?;
-    let mut off = 0;
-    while off < n {
-        match rustix::io::write(&dst, &buf[off..n]) {
-            Ok(w) => off += w,
-            Err(Errno::AGAIN) | Err(Errno::INTR) => std::thread::yield_now(),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Reads and drops everything left in `src` until EOF.
 async fn drain(src: &AsyncFd<OwnedFd>) {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; BUF];
     loop {
         let Ok(mut g) = src.readable().await else {
             return;
@@ -153,6 +158,16 @@ async fn drain(src: &AsyncFd<OwnedFd>) {
             Err(Errno::AGAIN) => g.clear_ready(),
             Err(_) => return,
         }
+    }
+}
+
+/// Reads and drops everything from a pipe until EOF (a reader of last resort).
+pub async fn discard(src: OwnedFd) {
+    if set_nonblocking(&src).is_err() {
+        return;
+    }
+    if let Ok(a) = crate::sys::async_fd(src, Interest::READABLE) {
+        drain(&a).await;
     }
 }
 
@@ -191,6 +206,29 @@ mod tests {
         relay(r, Sink::File(f.into())).await.unwrap();
         writer.join().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn falls_back_to_copying_into_an_append_only_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, b"head\n").unwrap();
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(w);
+            for i in 0..1000 {
+                writeln!(f, "line {i}").unwrap();
+            }
+        });
+        relay(r, Sink::File(f.into())).await.unwrap();
+        writer.join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("head\nline 0\n"));
+        assert_eq!(text.lines().count(), 1001);
     }
 
     #[tokio::test]

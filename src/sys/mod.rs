@@ -57,22 +57,35 @@ pub fn kill_on_parent_death(cmd: &mut Command) {
     }
 }
 
-/// Places `fd` at [`LISTENER_FD`] in the spawned command (without
-/// close-on-exec), the way the shim daemon expects its listener.
-pub fn pass_as_fd3(cmd: &mut Command, fd: &OwnedFd) {
-    let raw = fd.as_raw_fd();
-    // SAFETY: the closure runs between fork and exec and calls only dup2 and
-    // fcntl, which are async-signal-safe. `raw` stays open in the parent until
-    // spawn returns because the caller borrows `fd` for the whole spawn.
+/// Places each `(fd, target)` pair's fd at the target number in the spawned
+/// command (without close-on-exec): the daemon's listener at fd 3, a
+/// logger's pipes at fds 3, 4 and 5. At most 8 pairs.
+pub fn pass_fds(cmd: &mut Command, fds: &[(&OwnedFd, RawFd)]) {
+    let pairs: Vec<(RawFd, RawFd)> = fds
+        .iter()
+        .take(8)
+        .map(|(fd, t)| (fd.as_raw_fd(), *t))
+        .collect();
+    // SAFETY: the closure runs between fork and exec and calls only fcntl,
+    // dup2 and close, which are async-signal-safe; it allocates nothing (the
+    // pair list and the scratch array exist before the fork). Every source fd
+    // is open in the parent until spawn returns, because the caller borrows
+    // it for the whole spawn. Sources are first duplicated above 64 so that no
+    // dup2 overwrites a source another pair still needs.
     unsafe {
         cmd.pre_exec(move || {
-            if raw == LISTENER_FD {
-                let flags = libc::fcntl(raw, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            let mut tmp = [-1 as RawFd; 8];
+            for (i, (src, _)) in pairs.iter().enumerate() {
+                tmp[i] = libc::fcntl(*src, libc::F_DUPFD, 64);
+                if tmp[i] < 0 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(raw, LISTENER_FD) < 0 {
-                return Err(io::Error::last_os_error());
+            }
+            for (i, (_, dst)) in pairs.iter().enumerate() {
+                if libc::dup2(tmp[i], *dst) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::close(tmp[i]);
             }
             Ok(())
         });
@@ -88,4 +101,17 @@ pub fn async_fd(
     // open for exactly as long as it is registered and is closed only after
     // deregistration when the AsyncFd drops.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into())
+}
+
+/// Sends signal number `sig` (any, including real-time signals) to `pid`.
+pub fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
+    if pid <= 0 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory; pid > 0
+    // (checked above) so it never targets a process group or every process.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

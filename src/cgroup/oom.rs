@@ -1,0 +1,124 @@
+//! OOM notification for a container's memory cgroup.
+//!
+//! - v1: an eventfd registered through `cgroup.event_control` for
+//!   `memory.oom_control`; each wake-up is one OOM (unless the cgroup was
+//!   removed, which also wakes it).
+//! - v2: inotify on `memory.events`; an OOM is an increase of `oom_kill`.
+//!
+//! [`OomWatch::check`] is non-blocking and consumes what happened, so the
+//! watcher task and the exit handler can both call it: whoever comes first
+//! reports the OOM, exactly once, and the exit handler's call guarantees that
+//! `/tasks/oom` precedes `/tasks/exit`.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rustix::event::{eventfd, EventfdFlags};
+use rustix::fs::inotify;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+enum Kind {
+    V1 { _control: OwnedFd },
+    V2 { events: PathBuf, last: Mutex<u64> },
+}
+
+/// A registered OOM watch.
+pub struct OomWatch {
+    fd: AsyncFd<OwnedFd>,
+    dir: PathBuf,
+    kind: Kind,
+}
+
+fn oom_kills(events: &Path) -> u64 {
+    super::read_kv(events.parent().unwrap_or(Path::new("/")), "memory.events")
+        .get("oom_kill")
+        .copied()
+        .unwrap_or(0)
+}
+
+impl OomWatch {
+    /// Registers a v1 watch on the memory cgroup directory `dir`.
+    pub fn v1(dir: &Path) -> io::Result<OomWatch> {
+        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let control: OwnedFd = std::fs::File::open(dir.join("memory.oom_control"))?.into();
+        std::fs::write(
+            dir.join("cgroup.event_control"),
+            format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()),
+        )?;
+        Ok(OomWatch {
+            fd: crate::sys::async_fd(efd, Interest::READABLE)?,
+            dir: dir.to_path_buf(),
+            kind: Kind::V1 { _control: control },
+        })
+    }
+
+    /// Registers a v2 watch on the cgroup directory `dir`.
+    pub fn v2(dir: &Path) -> io::Result<OomWatch> {
+        let events = dir.join("memory.events");
+        let ino = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+        inotify::add_watch(&ino, &events, inotify::WatchFlags::MODIFY)?;
+        let last = oom_kills(&events);
+        Ok(OomWatch {
+            fd: crate::sys::async_fd(ino, Interest::READABLE)?,
+            dir: dir.to_path_buf(),
+            kind: Kind::V2 {
+                events,
+                last: Mutex::new(last),
+            },
+        })
+    }
+
+    /// Whether an OOM happened since the last call (non-blocking).
+    pub fn check(&self) -> bool {
+        match &self.kind {
+            Kind::V1 { .. } => {
+                let mut buf = [0u8; 8];
+                let woke = matches!(rustix::io::read(self.fd.get_ref(), &mut buf), Ok(8));
+                // Removal of the cgroup also wakes the eventfd: not an OOM.
+                woke && self.dir.exists()
+            }
+            Kind::V2 { events, last } => {
+                let mut buf = [0u8; 1024];
+                while matches!(rustix::io::read(self.fd.get_ref(), &mut buf), Ok(n) if n > 0) {}
+                let now = oom_kills(events);
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                let grew = now > *last;
+                *last = now.max(*last);
+                grew
+            }
+        }
+    }
+
+    /// Waits until something may have happened; then call [`check`](Self::check).
+    /// Returns false once the cgroup is gone.
+    pub async fn changed(&self) -> bool {
+        match self.fd.readable().await {
+            Ok(mut g) => {
+                g.clear_ready();
+                self.dir.exists()
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn v2_counts_oom_kill_increases_once() {
+        let d = tempfile::tempdir().unwrap();
+        let ev = d.path().join("memory.events");
+        std::fs::write(&ev, "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n").unwrap();
+        let w = OomWatch::v2(d.path()).unwrap();
+        assert!(!w.check());
+        std::fs::write(&ev, "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        assert!(w.changed().await);
+        assert!(w.check());
+        assert!(!w.check(), "reported once");
+    }
+}

@@ -1,0 +1,151 @@
+//! `binary://` logging drivers, with containerd's protocol: the logger is
+//! started with only `CONTAINER_ID` and `CONTAINER_NAMESPACE` in its
+//! environment, the container's stdout on fd 3, stderr on fd 4 and a ready
+//! pipe on fd 5; the shim waits until it writes a byte to fd 5 or closes it.
+//! On close: EOF on its pipes, then SIGTERM, then SIGKILL after 12 s.
+//!
+//! The shim keeps its own read end of both pipes: if the logger dies, the
+//! shim drains them so the container neither blocks nor gets SIGPIPE.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::{kill_process, Pid, Signal};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+use crate::reaper::Reaper;
+
+/// How long the logger may take to report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Grace after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(12);
+
+/// A running logger process.
+pub struct Logger {
+    pid: i32,
+    exited: watch::Receiver<bool>,
+}
+
+/// Parses the query of a `binary://` URI into argv: `k v` pairs in order.
+pub fn args_from_query(query: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        args.push(super::percent_decode(k));
+        if !v.is_empty() {
+            args.push(super::percent_decode(v));
+        }
+    }
+    args
+}
+
+impl Logger {
+    /// Starts the logger with the read ends of the container's stdout and
+    /// stderr pipes and waits until it is ready.
+    pub async fn start(
+        path: &PathBuf,
+        args: &[String],
+        namespace: &str,
+        id: &str,
+        stdout_r: &OwnedFd,
+        stderr_r: &OwnedFd,
+        reaper: &Arc<Reaper>,
+    ) -> io::Result<Logger> {
+        let (ready_r, ready_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        let mut cmd = Command::new(path);
+        cmd.args(args)
+            .env_clear()
+            .env("CONTAINER_ID", id)
+            .env("CONTAINER_NAMESPACE", namespace)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        crate::sys::pass_fds(&mut cmd, &[(stdout_r, 3), (stderr_r, 4), (&ready_w, 5)]);
+        let mut exits = reaper.subscribe();
+        let child = cmd.spawn()?;
+        drop(cmd);
+        drop(ready_w);
+        let pid = child.id() as i32;
+        drop(child);
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let e = exits.wait_for(pid).await;
+            crate::debug!("logger {pid} exited with {}", e.status);
+            let _ = tx.send(true);
+        });
+        let logger = Logger { pid, exited: rx };
+        let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)?;
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(READY_TIMEOUT, ready.read(&mut b)).await {
+            Ok(Ok(_)) => Ok(logger),
+            Ok(Err(e)) => {
+                logger.kill();
+                Err(e)
+            }
+            Err(_) => {
+                logger.kill();
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "logger did not become ready",
+                ))
+            }
+        }
+    }
+
+    /// A receiver that turns true when the logger has exited.
+    pub fn exited(&self) -> watch::Receiver<bool> {
+        self.exited.clone()
+    }
+
+    fn signal(&self, sig: Signal) {
+        if let Some(pid) = Pid::from_raw(self.pid) {
+            if !*self.exited.borrow() {
+                let _ = kill_process(pid, sig);
+            }
+        }
+    }
+
+    fn kill(&self) {
+        self.signal(Signal::KILL);
+    }
+
+    async fn wait(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.exited.wait_for(|e| *e))
+            .await
+            .is_ok()
+    }
+
+    /// Ends the logger: waits `grace` for it to exit after its input ended,
+    /// then SIGTERM, then SIGKILL after 12 s.
+    pub async fn stop(mut self, grace: Duration) {
+        if self.wait(grace).await {
+            return;
+        }
+        self.signal(Signal::TERM);
+        if self.wait(TERM_GRACE).await {
+            return;
+        }
+        self.kill();
+        self.wait(Duration::from_secs(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_to_args() {
+        assert_eq!(
+            args_from_query("id=abc&flag&path=%2Fvar%2Flog"),
+            ["id", "abc", "flag", "path", "/var/log"]
+        );
+        assert!(args_from_query("").is_empty());
+    }
+}
