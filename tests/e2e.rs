@@ -509,14 +509,7 @@ fn kill_after_runtime_deleted_the_container(install: Install) {
 
 fn events_are_published_in_order(install: Install) {
     let env = Env::start(install);
-    let log = env.dir.path().join("events.txt");
-    let mut events = env
-        .ctr_cmd(&["events"])
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let events = env.events();
     let out = env.run("ev", &["--rm"], &["sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));
     let want = [
@@ -525,40 +518,19 @@ fn events_are_published_in_order(install: Install) {
         "/tasks/exit",
         "/tasks/delete",
     ];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let topics = loop {
-        let text = std::fs::read_to_string(&log).unwrap();
-        let topics: Vec<String> = text
-            .lines()
-            .filter(|l| l.contains("\"ev\""))
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .find(|w| w.starts_with("/tasks/"))
-                    .map(str::to_string)
-            })
-            .collect();
-        if want.iter().all(|w| topics.iter().any(|t| t == w)) || Instant::now() > deadline {
-            break topics;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = events.kill();
-    let _ = events.wait();
-    let pos = |t: &str| {
-        topics
-            .iter()
-            .position(|x| x == t)
-            .unwrap_or_else(|| panic!("no {t} in {topics:?}"))
-    };
+    let topics = events.wait_for("ev", &want);
+    let pos = |t: &str| topics.iter().position(|x| x == t).unwrap();
     assert!(
         pos(want[0]) < pos(want[1]) && pos(want[1]) < pos(want[2]) && pos(want[2]) < pos(want[3]),
         "{topics:?}"
     );
-    let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.lines()
+        events
+            .lines("\"ev\"")
+            .iter()
             .any(|l| l.contains("/tasks/exit") && l.contains("\"exit_status\":7")),
-        "{text}"
+        "{:?}",
+        events.lines("ev")
     );
     env.assert_clean();
 }

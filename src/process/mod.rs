@@ -11,7 +11,7 @@ pub mod state;
 
 pub use state::{Op, Status};
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -51,6 +51,8 @@ pub struct Process {
     state: Mutex<ProcState>,
     exited: watch::Sender<Option<ExitInfo>>,
     io: tokio::sync::Mutex<Option<ProcessIo>>,
+    /// CloseIO arrived (possibly before the stdio existed).
+    stdin_closed: AtomicBool,
 }
 
 impl Process {
@@ -65,6 +67,7 @@ impl Process {
             state: Mutex::new(ProcState { status, exit: None }),
             exited: watch::channel(None).0,
             io: tokio::sync::Mutex::new(None),
+            stdin_closed: AtomicBool::new(false),
         }
     }
 
@@ -126,11 +129,16 @@ impl Process {
 
     /// Installs the shim side of the stdio.
     pub async fn set_io(&self, io: ProcessIo) {
+        if self.stdin_closed.load(Ordering::Acquire) {
+            io.close_stdin();
+        }
         *self.io.lock().await = Some(io);
     }
 
-    /// Closes the shim's stdin writer (CloseIO).
+    /// Closes the shim's stdin writer (CloseIO). A CloseIO that arrives
+    /// before Start is remembered and applied when the stdio is set up.
     pub async fn close_stdin(&self) {
+        self.stdin_closed.store(true, Ordering::Release);
         if let Some(io) = self.io.lock().await.as_ref() {
             io.close_stdin();
         }

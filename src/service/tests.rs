@@ -416,19 +416,7 @@ async fn exit_before_the_pid_is_known_is_not_lost() {
     let exited = topics.iter().rposition(|t| *t == "/tasks/exit").unwrap();
     assert!(started < exited, "{topics:?}");
     assert_eq!(status(&h, "c", "fast"), PStatus::STOPPED);
-}
-
-async fn start_owned(
-    svc: Arc<TaskService>,
-    id: &str,
-    exec_id: &str,
-) -> Result<StartResponse, Error> {
-    svc.start(StartRequest {
-        id: id.into(),
-        exec_id: exec_id.into(),
-        ..Default::default()
-    })
-    .await
+    assert_eq!(state(&h, "c", "fast").unwrap().exit_status, 7);
 }
 
 #[tokio::test]

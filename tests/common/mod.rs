@@ -439,3 +439,99 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A running `ctr events` subscription, recorded to a file.
+pub struct Events {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Env {
+    /// Starts recording containerd's events.
+    pub fn events(&self) -> Events {
+        let log = self.dir.path().join(format!(
+            "events-{}.txt",
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = self
+            .ctr_cmd(&["events"])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        Events { child, log }
+    }
+}
+
+impl Events {
+    /// The raw lines mentioning `needle` (e.g. a quoted container id).
+    pub fn lines(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Topics of events about container `id`, in order.
+    pub fn topics(&self, id: &str) -> Vec<String> {
+        self.lines(&format!("\"{id}\""))
+            .iter()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with("/tasks/"))
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// Waits until every topic in `want` has been seen for `id`.
+    pub fn wait_for(&self, id: &str, want: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let t = self.topics(id);
+            if want.iter().all(|w| t.iter().any(|x| x == w)) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "events for {id}: {t:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Threads and open fds of a process.
+pub fn threads_and_fds(pid: u32) -> (usize, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Threads:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (threads, fds)
+}
+
+/// Runs a shell command line under `script`, so the client has a terminal.
+pub fn in_terminal(cmdline: &str) -> Output {
+    Command::new("script")
+        .args(["-qec", cmdline, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}

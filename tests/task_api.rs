@@ -1,0 +1,707 @@
+//! End-to-end tests of the rest of the Task API under a real containerd:
+//! exec (exit codes, stdin, tty, churn), terminals and resize, CloseIO,
+//! binary loggers, pause/resume, update, stats, OOM, checkpoint, grouping.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use containerd_shim_protos::cgroups::metrics::Metrics;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim::shim::*;
+use containerd_shim_protos::ttrpc::Code;
+use containerd_shim_protos::types::task::Status;
+use wedge::ttrpc::ClientError;
+
+const I: Install = Install::Wedge;
+
+fn sleeper(env: &Env, id: &str) {
+    let out = env.run(id, &["-d"], &["sleep", "600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status(id, "RUNNING");
+}
+
+fn finish(env: &Env, id: &str) {
+    let _ = env.ctr(&["task", "kill", "-s", "KILL", id]);
+    env.wait_status(id, "STOPPED");
+    assert!(env.ctr(&["task", "rm", id]).status.success());
+    assert!(env.ctr(&["container", "rm", id]).status.success());
+}
+
+fn state(env: &Env, id: &str, exec_id: &str) -> StateResponse {
+    env.shim_call(
+        id,
+        "State",
+        &StateRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn exec_exit_codes_stdin_events_and_pids() {
+    let env = Env::start(I);
+    let events = env.events();
+    sleeper(&env, "ex");
+    let out = env.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "ex",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(stdout(&out), "out\n");
+    assert_eq!(stderr(&out), "err\n");
+
+    // stdin is relayed and CloseIO ends `cat`.
+    let mut child = env
+        .ctr_cmd(&["task", "exec", "--exec-id", "e2", "ex", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"through stdin\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "through stdin\n");
+
+    // A detached exec shows up in Pids with its exec id.
+    assert!(env
+        .ctr(&[
+            "task",
+            "exec",
+            "-d",
+            "--exec-id",
+            "bg",
+            "ex",
+            "sleep",
+            "300"
+        ])
+        .status
+        .success());
+    let ps = stdout(&env.ctr(&["task", "ps", "ex"]));
+    assert!(ps.contains("ExecID:bg"), "{ps}");
+    let bg = state(&env, "ex", "bg");
+    assert_eq!(bg.status.enum_value().unwrap(), Status::RUNNING);
+    // Exec kill by pid; a second kill is NotFound.
+    let kill = |sig: u32| -> Result<Empty, ClientError> {
+        env.shim_call(
+            "ex",
+            "Kill",
+            &KillRequest {
+                id: "ex".into(),
+                exec_id: "bg".into(),
+                signal: sig,
+                ..Default::default()
+            },
+        )
+    };
+    kill(9).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state(&env, "ex", "bg").status.enum_value().unwrap() != Status::STOPPED {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state(&env, "ex", "bg").exit_status, 137);
+    assert!(matches!(
+        kill(9),
+        Err(ClientError::Status {
+            code: Code::NOT_FOUND,
+            ..
+        })
+    ));
+
+    // Duplicate exec id, bad spec, unknown exec.
+    let mut any = Any::new();
+    any.value = br#"{"args":["true"],"cwd":"/"}"#.to_vec();
+    let dup = ExecProcessRequest {
+        id: "ex".into(),
+        exec_id: "bg".into(),
+        spec: MessageField::some(any),
+        ..Default::default()
+    };
+    let r: Result<Empty, _> = env.shim_call("ex", "Exec", &dup);
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Status {
+                code: Code::ALREADY_EXISTS,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let mut any = Any::new();
+    any.value = b"not json".to_vec();
+    let bad = ExecProcessRequest {
+        id: "ex".into(),
+        exec_id: "x".into(),
+        spec: MessageField::some(any),
+        ..Default::default()
+    };
+    let r: Result<Empty, _> = env.shim_call("ex", "Exec", &bad);
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Status {
+                code: Code::INVALID_ARGUMENT,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    // An exec that was added but never started has no pid to signal.
+    let mut any = Any::new();
+    any.value = br#"{"args":["true"],"cwd":"/"}"#.to_vec();
+    let idle = ExecProcessRequest {
+        id: "ex".into(),
+        exec_id: "idle".into(),
+        spec: MessageField::some(any),
+        ..Default::default()
+    };
+    let _: Empty = env.shim_call("ex", "Exec", &idle).unwrap();
+    let r: Result<Empty, _> = env.shim_call(
+        "ex",
+        "Kill",
+        &KillRequest {
+            id: "ex".into(),
+            exec_id: "idle".into(),
+            signal: 9,
+            ..Default::default()
+        },
+    );
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::Status {
+                code: Code::FAILED_PRECONDITION,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let _: DeleteResponse = env
+        .shim_call(
+            "ex",
+            "Delete",
+            &DeleteRequest {
+                id: "ex".into(),
+                exec_id: "idle".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+
+    let topics = events.wait_for("ex", &["/tasks/exec-added", "/tasks/exec-started"]);
+    let added = topics
+        .iter()
+        .position(|t| t == "/tasks/exec-added")
+        .unwrap();
+    let started = topics
+        .iter()
+        .position(|t| t == "/tasks/exec-started")
+        .unwrap();
+    let exit = topics.iter().position(|t| t == "/tasks/exit").unwrap();
+    assert!(added < started && started < exit, "{topics:?}");
+    assert!(events
+        .lines("\"e1\"")
+        .iter()
+        .any(|l| l.contains("/tasks/exit") && l.contains("\"exit_status\":5")));
+    finish(&env, "ex");
+    env.assert_clean();
+}
+
+#[test]
+fn exec_churn_leaves_no_threads_or_fds() {
+    let env = Env::start(I);
+    sleeper(&env, "churn");
+    // Warm up, then measure.
+    assert!(env
+        .ctr(&["task", "exec", "--exec-id", "w", "churn", "true"])
+        .status
+        .success());
+    let shim = env.shim_pid("churn").unwrap();
+    let before = threads_and_fds(shim);
+    for i in 0..200 {
+        let id = format!("s{i}");
+        let out = env.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &id,
+            "churn",
+            "sh",
+            "-c",
+            "echo $0",
+            &id,
+        ]);
+        assert!(out.status.success(), "{id}: {}", stderr(&out));
+        assert_eq!(stdout(&out), format!("{id}\n"));
+    }
+    // With stdin, too.
+    for i in 0..20 {
+        let id = format!("in{i}");
+        let mut c = env
+            .ctr_cmd(&["task", "exec", "--exec-id", &id, "churn", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut s = c.stdin.take().unwrap();
+        s.write_all(id.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        drop(s);
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(stdout(&out), id);
+    }
+    let children: Vec<_> = (0..50)
+        .map(|i| {
+            env.ctr_cmd(&[
+                "task",
+                "exec",
+                "--exec-id",
+                &format!("p{i}"),
+                "churn",
+                "sh",
+                "-c",
+                "exit 3",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert_eq!(c.wait().unwrap().code(), Some(3));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = threads_and_fds(shim);
+        if after == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "threads/fds before {before:?}, after {after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(before.0 <= 2, "{} threads", before.0);
+    // No FIFO or exec pid file is left in the bundle.
+    let left: Vec<_> = std::fs::read_dir(env.bundle("churn"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pid") && n != "init.pid" || n.starts_with(".exec-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    finish(&env, "churn");
+    env.assert_clean();
+}
+
+fn tty_cmd(env: &Env, rows: u32, cols: u32, args: &str) -> String {
+    format!(
+        "stty rows {rows} cols {cols}; ctr -a {} -n {} {args}",
+        env.address, env.ns
+    )
+}
+
+#[test]
+fn terminal_resize_and_large_output() {
+    let env = Env::start(I);
+    env.track("tty1");
+    // ctr sends the client's terminal size with ResizePty right after Start.
+    let out = in_terminal(&tty_cmd(
+        &env,
+        33,
+        111,
+        &format!(
+            "run -t --rm --runtime {WEDGE_RUNTIME} {IMAGE} tty1 sh -c 'sleep 1; tty; stty size'"
+        ),
+    ));
+    let text = stdout(&out);
+    assert!(text.contains("/dev/pts/0"), "{text:?}");
+    assert!(text.contains("33 111"), "{text:?}");
+
+    env.track("tty2");
+    let out = in_terminal(&tty_cmd(
+        &env,
+        24,
+        80,
+        &format!("run -t --rm --runtime {WEDGE_RUNTIME} {IMAGE} tty2 seq 1 50000"),
+    ));
+    let text = stdout(&out);
+    // `script` echoes the NUL the runtime writes first as "^@".
+    let nums: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            l.trim_start_matches("^@")
+                .trim_matches(|c| c == '\r' || c == '\0')
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        nums.first(),
+        Some(&"1"),
+        "{:?}",
+        &text[..text.len().min(200)]
+    );
+    assert_eq!(nums.last(), Some(&"50000"));
+    assert_eq!(nums.len(), 50000);
+
+    sleeper(&env, "ttyx");
+    let out = in_terminal(&tty_cmd(
+        &env,
+        40,
+        100,
+        "task exec -t --exec-id t1 ttyx sh -c 'sleep 1; stty size'",
+    ));
+    assert!(stdout(&out).contains("40 100"), "{:?}", stdout(&out));
+    // ResizePty directly, then read it back from inside.
+    let out = in_terminal(&tty_cmd(
+        &env,
+        24,
+        80,
+        "task exec -d -t --exec-id t2 ttyx sleep 5",
+    ));
+    assert!(out.status.success(), "{}", stdout(&out));
+    let _: Empty = env
+        .shim_call(
+            "ttyx",
+            "ResizePty",
+            &ResizePtyRequest {
+                id: "ttyx".into(),
+                exec_id: "t2".into(),
+                width: 123,
+                height: 45,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // Every pty in the container: t2's shows the new size.
+    let out = env.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "t4",
+        "ttyx",
+        "sh",
+        "-c",
+        "for t in /dev/pts/[0-9]*; do stty size < $t; done",
+    ]);
+    assert!(stdout(&out).contains("45 123"), "{}", stdout(&out));
+    finish(&env, "ttyx");
+    env.assert_clean();
+}
+
+#[test]
+fn closeio_ends_cat_in_init() {
+    let env = Env::start(I);
+    env.track("cat");
+    let mut child = env
+        .ctr_cmd(&[
+            "run",
+            "--rm",
+            "--runtime",
+            WEDGE_RUNTIME,
+            IMAGE,
+            "cat",
+            "cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"line one\nline two\n").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "line one\nline two\n");
+    env.assert_clean();
+}
+
+#[test]
+fn binary_logger_gets_exact_bytes_and_only_its_env() {
+    let env = Env::start(I);
+    let dir = env.dir.path().join("logger-out");
+    std::fs::create_dir(&dir).unwrap();
+    let logger = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/loggers/record.sh");
+    let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
+    let out = env.run(
+        "lg",
+        &["--rm", "--log-uri", &uri],
+        &["sh", "-c", "seq 1 100000; seq 1 2000 | sed s/^/e/ >&2"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dir.join("finished").exists() {
+        assert!(Instant::now() < deadline, "logger did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let want_out: String = (1..=100000).map(|i| format!("{i}\n")).collect();
+    let want_err: String = (1..=2000).map(|i| format!("e{i}\n")).collect();
+    assert!(
+        std::fs::read_to_string(dir.join("stdout")).unwrap() == want_out,
+        "stdout differs"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("stderr")).unwrap(),
+        want_err
+    );
+    let envs = std::fs::read_to_string(dir.join("env")).unwrap();
+    let mut names: Vec<&str> = envs.lines().filter(|l| !l.is_empty()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "CONTAINER_ID=lg".to_string(),
+            format!("CONTAINER_NAMESPACE={}", env.ns)
+        ]
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn a_crashing_logger_does_not_stop_the_container() {
+    let env = Env::start(I);
+    let logger = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/loggers/crash.sh");
+    let uri = format!("binary://{}", logger.display());
+    let out = env.run(
+        "lc",
+        &["--rm", "--log-uri", &uri],
+        &["sh", "-c", "sleep 0.5; seq 1 300000; echo done >&2; exit 4"],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    env.assert_clean();
+}
+
+#[test]
+fn pause_resume_update_and_stats() {
+    let env = Env::start(I);
+    let events = env.events();
+    sleeper(&env, "pr");
+    assert!(env.ctr(&["task", "pause", "pr"]).status.success());
+    env.wait_status("pr", "PAUSED");
+    let freezer = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/freezer/{}/pr/freezer.state",
+        env.ns
+    ))
+    .unwrap();
+    assert_eq!(freezer.trim(), "FROZEN");
+    // Exec is refused while paused.
+    let out = env.ctr(&["task", "exec", "--exec-id", "no", "pr", "true"]);
+    assert!(!out.status.success());
+    assert!(env.ctr(&["task", "resume", "pr"]).status.success());
+    env.wait_status("pr", "RUNNING");
+    let topics = events.wait_for("pr", &["/tasks/paused", "/tasks/resumed"]);
+    assert!(
+        topics.iter().position(|t| t == "/tasks/paused")
+            < topics.iter().position(|t| t == "/tasks/resumed")
+    );
+
+    // Update: the memory limit lands in the cgroup.
+    let mut any = Any::new();
+    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+    any.value = br#"{"memory":{"limit":52428800}}"#.to_vec();
+    let _: Empty = env
+        .shim_call(
+            "pr",
+            "Update",
+            &UpdateTaskRequest {
+                id: "pr".into(),
+                resources: MessageField::some(any),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mem_dir = format!("/sys/fs/cgroup/memory/{}/pr", env.ns);
+    let limit = std::fs::read_to_string(format!("{mem_dir}/memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), "52428800");
+
+    // Stats: v1 metrics matching the cgroup files.
+    assert!(env
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "burn",
+            "pr",
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"
+        ])
+        .status
+        .success());
+    let r: StatsResponse = env
+        .shim_call(
+            "pr",
+            "Stats",
+            &StatsRequest {
+                id: "pr".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let any = r.stats.unwrap();
+    assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
+    let m = Metrics::parse_from_bytes(&any.value).unwrap();
+    let mem = m.memory.as_ref().unwrap();
+    let usage = mem.usage.as_ref().unwrap();
+    assert_eq!(usage.limit, 52428800);
+    assert!(usage.usage > 0 && usage.max >= usage.usage, "{usage:?}");
+    let file_usage: u64 = std::fs::read_to_string(format!("{mem_dir}/memory.usage_in_bytes"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        usage.usage.abs_diff(file_usage) < 4 << 20,
+        "{} vs {file_usage}",
+        usage.usage
+    );
+    let cpu = m.cpu.as_ref().unwrap().usage.as_ref().unwrap();
+    assert!(cpu.total > 0 && !cpu.per_cpu.is_empty());
+    let pids_file: u64 =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{}/pr/pids.current", env.ns))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    assert_eq!(m.pids.current, pids_file);
+    assert!(m.pids.current >= 1);
+    // ctr shows the same numbers.
+    let metrics = stdout(&env.ctr(&["task", "metrics", "pr"]));
+    assert!(
+        metrics.contains("memory.limit_in_bytes    52428800"),
+        "{metrics}"
+    );
+    finish(&env, "pr");
+    env.assert_clean();
+}
+
+#[test]
+fn oom_kill_is_reported_before_the_exit() {
+    let env = Env::start(I);
+    let events = env.events();
+    let out = env.run(
+        "oom",
+        &["--rm", "--memory-limit", "33554432"],
+        &["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=4"],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", stderr(&out));
+    let topics = events.wait_for("oom", &["/tasks/oom", "/tasks/exit"]);
+    let oom = topics.iter().position(|t| t == "/tasks/oom").unwrap();
+    let exit = topics.iter().position(|t| t == "/tasks/exit").unwrap();
+    assert!(oom < exit, "{topics:?}");
+    assert_eq!(
+        topics.iter().filter(|t| *t == "/tasks/oom").count(),
+        1,
+        "{topics:?}"
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn failed_checkpoint_names_the_criu_log() {
+    let env = Env::start(I);
+    sleeper(&env, "cp");
+    let out = env.ctr(&["task", "checkpoint", "cp"]);
+    let bundle = env.bundle("cp");
+    let log = bundle.join("criu-dump.log");
+    if out.status.success() {
+        // CRIU worked on this kernel: the container keeps running.
+        env.wait_status("cp", "RUNNING");
+    } else {
+        let err = stderr(&out);
+        assert!(err.contains(&format!("path= {}", log.display())), "{err}");
+        assert!(log.exists(), "the CRIU log is kept in the bundle");
+        assert!(
+            !bundle.join("work/criu-work").exists(),
+            "the default work dir is removed"
+        );
+    }
+    // The container is unharmed.
+    let out = env.ctr(&["task", "exec", "--exec-id", "after", "cp", "echo", "alive"]);
+    assert_eq!(stdout(&out), "alive\n");
+    finish(&env, "cp");
+    env.assert_clean();
+}
+
+#[test]
+fn a_group_shares_one_shim_until_the_last_container_goes() {
+    let env = Env::start(I);
+    let ann = "io.containerd.runc.v2.group=pod-a";
+    for id in ["g1", "g2"] {
+        let out = env.run(id, &["-d", "--annotation", ann], &["sleep", "600"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        env.wait_status(id, "RUNNING");
+    }
+    let a1 = std::fs::read_to_string(env.bundle("g1").join("address")).unwrap();
+    let a2 = std::fs::read_to_string(env.bundle("g2").join("address")).unwrap();
+    assert_eq!(a1, a2);
+    let c1: ConnectResponse = env
+        .shim_call(
+            "g1",
+            "Connect",
+            &ConnectRequest {
+                id: "g1".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let c2: ConnectResponse = env
+        .shim_call(
+            "g2",
+            "Connect",
+            &ConnectRequest {
+                id: "g2".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(c1.shim_pid, c2.shim_pid);
+    assert_ne!(c1.task_pid, c2.task_pid);
+    let shim_count = processes()
+        .iter()
+        .filter(|(_, cmd)| {
+            cmd.contains(&env.address)
+                && cmd.contains("containerd-shim")
+                && !cmd.ends_with(" start")
+        })
+        .count();
+    assert_eq!(shim_count, 1);
+    // Exits are matched per container; the shim stays while one is left.
+    finish(&env, "g1");
+    assert!(alive(c1.shim_pid));
+    assert_eq!(
+        state(&env, "g2", "").status.enum_value().unwrap(),
+        Status::RUNNING
+    );
+    let out = env.ctr(&["task", "exec", "--exec-id", "x", "g2", "echo", "still here"]);
+    assert_eq!(stdout(&out), "still here\n");
+    finish(&env, "g2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(c1.shim_pid) {
+        assert!(Instant::now() < deadline, "group shim still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.assert_clean();
+}
