@@ -705,3 +705,34 @@ fn a_group_shares_one_shim_until_the_last_container_goes() {
     }
     env.assert_clean();
 }
+
+#[test]
+fn init_exit_in_a_shared_pid_namespace_kills_the_rest() {
+    let env = Env::start(I);
+    sleeper(&env, "host");
+    let host_pid = state(&env, "host", "").pid;
+    // A container that joins host's pid namespace: its init exits, leaving a
+    // child behind that only `kill --all` can reach.
+    let ns = format!("pid:/proc/{host_pid}/ns/pid");
+    let out = env.run(
+        "guest",
+        &["-d", "--with-ns", &ns],
+        &["sh", "-c", "sleep 600 & sleep 1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("guest", "STOPPED");
+    let cg = format!("/sys/fs/cgroup/pids/{}/guest/cgroup.procs", env.ns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let procs = std::fs::read_to_string(&cg).unwrap_or_default();
+        if procs.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left in guest's cgroup: {procs}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(env.ctr(&["task", "rm", "guest"]).status.success());
+    assert!(env.ctr(&["container", "rm", "guest"]).status.success());
+    finish(&env, "host");
+    env.assert_clean();
+}

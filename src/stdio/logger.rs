@@ -140,6 +140,40 @@ impl Logger {
 mod tests {
     use super::*;
 
+    // Reaps with waitpid(-1): run under nextest (one process per test).
+    #[tokio::test]
+    async fn stop_sends_sigterm_to_a_logger_that_outlives_its_input() {
+        let reaper = Reaper::new();
+        tokio::spawn(reaper.clone().run());
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("logger.sh");
+        let mark = d.path().join("term");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntrap 'echo term > {}; exit 0' TERM\nexec 5>&-\nwhile :; do /bin/sleep 0.05; done\n",
+                mark.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let (r1, w1) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let (r2, w2) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let logger = Logger::start(&script, &[], "ns", "c", &r1, &r2, &reaper)
+            .await
+            .unwrap();
+        let exited = logger.exited();
+        drop((w1, w2));
+        logger.stop(Duration::from_millis(200)).await;
+        assert!(*exited.borrow(), "the logger is gone");
+        assert_eq!(
+            std::fs::read_to_string(&mark).unwrap(),
+            "term\n",
+            "it got SIGTERM, not SIGKILL"
+        );
+    }
+
     #[test]
     fn query_to_args() {
         assert_eq!(
