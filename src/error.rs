@@ -46,10 +46,7 @@ impl Error {
 
     /// Encodes the error as a ttrpc status.
     pub fn to_status(&self) -> Status {
-        let mut s = Status::new();
-        s.set_code(self.code());
-        s.message = self.to_string();
-        s
+        crate::ttrpc::status(self.code(), self.to_string())
     }
 }
 

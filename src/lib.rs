@@ -15,6 +15,7 @@ pub mod cli;
 pub mod container;
 pub mod error;
 pub mod events;
+pub mod exitfile;
 pub mod fsutil;
 pub mod manager;
 pub mod mount;

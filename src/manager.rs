@@ -278,10 +278,16 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(0);
+    // The container's own exit when the shim recorded one; otherwise it was
+    // still running and `delete --force` just killed it.
+    let (status, at) = match crate::exitfile::read(&dir) {
+        Some(e) => (e.status, e.at),
+        None => (128 + 9, SystemTime::now()),
+    };
     let resp = DeleteResponse {
         pid,
-        exit_status: 128 + 9,
-        exited_at: MessageField::some(crate::events::timestamp(SystemTime::now())),
+        exit_status: status,
+        exited_at: MessageField::some(crate::events::timestamp(at)),
         ..Default::default()
     };
     let bytes = resp.write_to_bytes().map_err(e("encode"))?;

@@ -33,6 +33,16 @@ const TYPE_RESPONSE: u8 = 2;
 /// A boxed future returned by a [`Dispatch`] implementation.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+tokio::task_local! {
+    static DEADLINE: Option<tokio::time::Instant>;
+}
+
+/// The deadline of the request being handled by the current task, if the
+/// caller set one.
+pub fn deadline() -> Option<tokio::time::Instant> {
+    DEADLINE.try_with(|d| *d).ok().flatten()
+}
+
 /// The request handler a server calls for every request.
 pub trait Dispatch: Send + Sync + 'static {
     /// Handles `service/method` with its encoded payload and returns the
@@ -85,7 +95,8 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> io::Result<
     w.write_all(&buf).await
 }
 
-fn status(code: Code, message: impl Into<String>) -> Status {
+/// A ttrpc status with `code` and `message`.
+pub fn status(code: Code, message: impl Into<String>) -> Status {
     let mut s = Status::new();
     s.set_code(code);
     s.message = message.into();
@@ -149,10 +160,20 @@ async fn serve_conn<D: Dispatch>(stream: UnixStream, handler: Arc<D>) {
         tokio::spawn(async move {
             let mut resp = Response::new();
             match Request::parse_from_bytes(&frame.payload) {
-                Ok(req) => match handler.dispatch(req.service, req.method, req.payload).await {
-                    Ok(payload) => resp.payload = payload,
-                    Err(s) => resp.status = Some(s).into(),
-                },
+                Ok(req) => {
+                    // The caller's deadline bounds the runtime calls the
+                    // handler makes (see `deadline`); the handler itself runs
+                    // to completion so it can clean up.
+                    let deadline = u64::try_from(req.timeout_nano)
+                        .ok()
+                        .filter(|ns| *ns > 0)
+                        .map(|ns| tokio::time::Instant::now() + Duration::from_nanos(ns));
+                    let call = handler.dispatch(req.service, req.method, req.payload);
+                    match DEADLINE.scope(deadline, call).await {
+                        Ok(payload) => resp.payload = payload,
+                        Err(s) => resp.status = Some(s).into(),
+                    }
+                }
                 Err(e) => {
                     resp.status =
                         Some(status(Code::INVALID_ARGUMENT, format!("bad request: {e}"))).into()

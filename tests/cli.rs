@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::shim::{
     ConnectRequest, ConnectResponse, DeleteResponse, ShutdownRequest,
@@ -35,24 +37,7 @@ fn version_and_missing_namespace() {
 }
 
 fn call<Req: Message, Resp: Message>(addr: &str, method: &str, req: &Req) -> Resp {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = wedge::ttrpc::Client::connect(addr).await.unwrap();
-        let out = c
-            .call(
-                "containerd.task.v2.Task",
-                method,
-                req.write_to_bytes().unwrap(),
-                &[],
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-        Resp::parse_from_bytes(&out).unwrap()
-    })
+    common::ttrpc_call(addr, method, req).unwrap()
 }
 
 fn start_in(bundle: &Path, address: &str, id: &str) -> String {

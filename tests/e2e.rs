@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
-use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim::*;
 use containerd_shim_protos::ttrpc::Code;
 use containerd_shim_protos::types::task::Status;
@@ -341,128 +340,119 @@ fn error_codes(install: Install) {
     let out = env.run("ec", &["-d"], &["sleep", "600"]);
     assert!(out.status.success(), "{}", stderr(&out));
     env.wait_status("ec", "RUNNING");
-    let call = |method: &str, req: &dyn Fn() -> Vec<u8>| -> Code {
-        let addr = std::fs::read_to_string(env.bundle("ec").join("address")).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = wedge::ttrpc::Client::connect(&addr).await.unwrap();
-            match c
-                .call(
-                    "containerd.task.v2.Task",
-                    method,
-                    req(),
-                    &[],
-                    Duration::from_secs(10),
-                )
-                .await
-            {
-                Ok(_) => Code::OK,
-                Err(ClientError::Status { code, .. }) => code,
-                Err(e) => panic!("{method}: {e}"),
+    // The gRPC code of a call to the shim (Empty reads any response).
+    fn code<M: containerd_shim_protos::protobuf::Message>(
+        env: &Env,
+        method: &str,
+        req: &M,
+    ) -> Code {
+        match env.shim_call::<M, Empty>("ec", method, req) {
+            Ok(_) => Code::OK,
+            Err(ClientError::Status { code, .. }) => code,
+            Err(e) => panic!("{method}: {e}"),
+        }
+    }
+    let kill = |id: &str, signal: u32| KillRequest {
+        id: id.into(),
+        signal,
+        ..Default::default()
+    };
+    let state = |exec_id: &str| StateRequest {
+        id: "ec".into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    assert_eq!(code(&env, "Kill", &kill("nope", 9)), Code::NOT_FOUND);
+    assert_eq!(code(&env, "Kill", &kill("ec", 99)), Code::INVALID_ARGUMENT);
+    assert_eq!(
+        code(
+            &env,
+            "State",
+            &StateRequest {
+                id: "nope".into(),
+                ..Default::default()
             }
-        })
-    };
-    use containerd_shim_protos::protobuf::Message;
-    let kill = |id: &str, signal: u32| {
-        let r = KillRequest {
-            id: id.into(),
-            signal,
-            ..Default::default()
-        };
-        move || r.write_to_bytes().unwrap()
-    };
-    assert_eq!(call("Kill", &kill("nope", 9)), Code::NOT_FOUND);
-    assert_eq!(call("Kill", &kill("ec", 99)), Code::INVALID_ARGUMENT);
-    assert_eq!(
-        call("State", &|| StateRequest {
-            id: "nope".into(),
-            ..Default::default()
-        }
-        .write_to_bytes()
-        .unwrap()),
+        ),
         Code::NOT_FOUND
     );
+    assert_eq!(code(&env, "State", &state("x")), Code::NOT_FOUND);
     assert_eq!(
-        call("State", &|| StateRequest {
-            id: "ec".into(),
-            exec_id: "x".into(),
-            ..Default::default()
-        }
-        .write_to_bytes()
-        .unwrap()),
-        Code::NOT_FOUND
-    );
-    assert_eq!(
-        call("Start", &|| StartRequest {
-            id: "ec".into(),
-            ..Default::default()
-        }
-        .write_to_bytes()
-        .unwrap()),
+        code(
+            &env,
+            "Start",
+            &StartRequest {
+                id: "ec".into(),
+                ..Default::default()
+            }
+        ),
         Code::UNKNOWN
     );
     assert_eq!(
-        call("Delete", &|| DeleteRequest {
-            id: "ec".into(),
-            ..Default::default()
-        }
-        .write_to_bytes()
-        .unwrap()),
+        code(
+            &env,
+            "Delete",
+            &DeleteRequest {
+                id: "ec".into(),
+                ..Default::default()
+            }
+        ),
         Code::FAILED_PRECONDITION
     );
     assert_eq!(
-        call("Kill", &|| vec![0xff, 0xff, 0xff]),
+        code(&env, "NoSuchMethod", &Empty::new()),
+        Code::UNIMPLEMENTED
+    );
+    let bundle = env.bundle("ec").display().to_string();
+    let create = |id: &str, options: Option<Any>| CreateTaskRequest {
+        id: id.into(),
+        bundle: bundle.clone(),
+        options: options.into(),
+        ..Default::default()
+    };
+    let mut bad = Any::new();
+    bad.type_url = "example.com/NotOptions".into();
+    bad.value = vec![1, 2, 3];
+    assert_eq!(
+        code(&env, "Create", &create("other", Some(bad))),
         Code::INVALID_ARGUMENT
     );
-    assert_eq!(call("NoSuchMethod", &Vec::new), Code::UNIMPLEMENTED);
-    let bundle = env.bundle("ec").display().to_string();
-    let bad_opts = || {
-        let mut any = Any::new();
-        any.type_url = "example.com/NotOptions".into();
-        any.value = vec![1, 2, 3];
-        CreateTaskRequest {
-            id: "other".into(),
-            bundle: bundle.clone(),
-            options: MessageField::some(any),
-            ..Default::default()
-        }
-        .write_to_bytes()
-        .unwrap()
-    };
-    assert_eq!(call("Create", &bad_opts), Code::INVALID_ARGUMENT);
-    let dup = || {
-        CreateTaskRequest {
-            id: "ec".into(),
-            bundle: bundle.clone(),
-            ..Default::default()
-        }
-        .write_to_bytes()
-        .unwrap()
-    };
-    assert_eq!(call("Create", &dup), Code::ALREADY_EXISTS);
-    let traversal = || {
-        CreateTaskRequest {
-            id: "../x".into(),
-            bundle: bundle.clone(),
-            ..Default::default()
-        }
-        .write_to_bytes()
-        .unwrap()
-    };
-    assert_eq!(call("Create", &traversal), Code::INVALID_ARGUMENT);
-    // After all that the shim still serves its container.
     assert_eq!(
-        call("State", &|| StateRequest {
-            id: "ec".into(),
-            ..Default::default()
-        }
-        .write_to_bytes()
-        .unwrap()),
-        Code::OK
+        code(&env, "Create", &create("ec", None)),
+        Code::ALREADY_EXISTS
     );
+    assert_eq!(
+        code(&env, "Create", &create("../x", None)),
+        Code::INVALID_ARGUMENT
+    );
+    // Malformed protobuf.
+    let addr = std::fs::read_to_string(env.bundle("ec").join("address")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let malformed = rt.block_on(async {
+        let mut c = wedge::ttrpc::Client::connect(&addr).await.unwrap();
+        c.call(
+            "containerd.task.v2.Task",
+            "Kill",
+            vec![0xff, 0xff, 0xff],
+            &[],
+            Duration::from_secs(10),
+        )
+        .await
+    });
+    assert!(
+        matches!(
+            malformed,
+            Err(ClientError::Status {
+                code: Code::INVALID_ARGUMENT,
+                ..
+            })
+        ),
+        "{malformed:?}"
+    );
+    // After all that the shim still serves its container.
+    assert_eq!(code(&env, "State", &state("")), Code::OK);
     assert!(env
         .ctr(&["task", "kill", "-s", "KILL", "ec"])
         .status

@@ -138,6 +138,24 @@ pub(crate) fn read_u64(dir: &Path, file: &str, max_value: u64) -> u64 {
     }
 }
 
+/// The hugetlb page sizes (`2MB`, `1GB`, …) that have `hugetlb.<size><suffix>` files.
+pub(crate) fn hugetlb_sizes(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut sizes: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_prefix("hugetlb.")?
+                        .strip_suffix(suffix)
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    sizes.sort();
+    sizes
+}
+
 /// Parses `key value` lines (memory.stat, cpu.stat, …).
 pub(crate) fn read_kv(dir: &Path, file: &str) -> HashMap<String, u64> {
     read(dir, file)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use containerd_shim_protos::cgroups::metrics::*;
 use containerd_shim_protos::protobuf::MessageField;
 
-use super::{read, read_kv, read_u64};
+use super::{hugetlb_sizes, read, read_kv, read_u64};
 
 /// USER_HZ: cpuacct.stat counts in these ticks.
 const TICKS_PER_SEC: u64 = 100;
@@ -190,20 +190,7 @@ fn blkio(d: &Path) -> BlkIOStat {
 }
 
 fn hugetlb(d: &Path) -> Vec<HugetlbStat> {
-    let mut sizes: Vec<String> = std::fs::read_dir(d)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.strip_prefix("hugetlb.")?
-                        .strip_suffix(".usage_in_bytes")
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    sizes.sort();
-    sizes
+    hugetlb_sizes(d, ".usage_in_bytes")
         .into_iter()
         .map(|s| HugetlbStat {
             usage: read_u64(d, &format!("hugetlb.{s}.usage_in_bytes"), 0),

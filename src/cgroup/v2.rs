@@ -7,7 +7,7 @@ use std::path::Path;
 use containerd_shim_protos::cgroups_v2::metrics::*;
 use containerd_shim_protos::protobuf::MessageField;
 
-use super::{read, read_kv, read_u64};
+use super::{hugetlb_sizes, read, read_kv, read_u64};
 
 /// Collects every statistic available in `dir`.
 pub fn stats(dir: &Path) -> Metrics {
@@ -134,20 +134,7 @@ pub fn io_entries(text: &str) -> Vec<IOEntry> {
 }
 
 fn hugetlb(d: &Path) -> Vec<HugeTlbStat> {
-    let mut sizes: Vec<String> = std::fs::read_dir(d)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.strip_prefix("hugetlb.")?
-                        .strip_suffix(".current")
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    sizes.sort();
-    sizes
+    hugetlb_sizes(d, ".current")
         .into_iter()
         .map(|s| HugeTlbStat {
             current: read_u64(d, &format!("hugetlb.{s}.current"), 0),

@@ -222,12 +222,39 @@ impl Runc {
         // container's pipes see EOF when the container closes its ends.
         drop(cmd);
         let pid = child.id() as i32;
+        // If the caller gives up (request deadline, client gone), the runtime
+        // process must not outlive the call: kill it; the reaper collects it.
+        let mut guard = KillOnDrop(pid);
         let stdin = child.stdin.take().map(OwnedFd::from);
         let so = child.stdout.take().map(OwnedFd::from);
         let se = child.stderr.take().map(OwnedFd::from);
         drop(child);
-        let (_, out, err) = tokio::join!(write_all(stdin, input), read_all(so), read_all(se));
-        let exit = exits.wait_for(pid).await;
+        let work = async {
+            let (_, out, err) = tokio::join!(write_all(stdin, input), read_all(so), read_all(se));
+            (out, err, exits.wait_for(pid).await)
+        };
+        // The request's deadline bounds the runtime: past it, kill and report.
+        let now = tokio::time::Instant::now();
+        let deadline =
+            crate::ttrpc::deadline().map(|at| if at > now { at } else { now + CLEANUP_GRACE });
+        let done = match deadline {
+            Some(at) => tokio::time::timeout_at(at, work).await.ok(),
+            None => Some(work.await),
+        };
+        let Some((out, err, exit)) = done else {
+            let _ = crate::sys::send_signal(pid, libc::SIGKILL);
+            exits.wait_for(pid).await;
+            guard.0 = 0;
+            return Err(RuntimeError::Failed {
+                command,
+                status: 137,
+                message: format!(
+                    "{} did not finish before the request deadline",
+                    self.cfg.binary
+                ),
+            });
+        };
+        guard.0 = 0;
         if exit.status == 0 {
             return Ok(Output { stdout: out });
         }
@@ -252,6 +279,23 @@ impl Runc {
         self.run(args, Io::Capture).await.map(|_| ())
     }
 }
+
+/// Kills a runtime process whose call was abandoned before it exited
+/// (set to 0 once the exit was seen).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            crate::warn!("runtime call abandoned; killing pid {}", self.0);
+            let _ = crate::sys::send_signal(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+/// Grace for runtime calls made after the request's deadline has passed
+/// (cleanup after a timed-out call).
+const CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Writes `data` into a pipe, then closes it.
 async fn write_all(fd: Option<OwnedFd>, data: Option<Vec<u8>>) {

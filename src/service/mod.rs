@@ -13,7 +13,7 @@ use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::ttrpc::{Code, Status};
 
 use crate::error::Error;
-use crate::ttrpc::{BoxFuture, Dispatch};
+use crate::ttrpc::{status, BoxFuture, Dispatch};
 pub use task::TaskService;
 
 /// Task service names this shim answers to.
@@ -49,10 +49,10 @@ impl Dispatch for TaskService {
     ) -> BoxFuture<'static, Result<Vec<u8>, Status>> {
         Box::pin(async move {
             if !SERVICES.contains(&service.as_str()) {
-                let mut s = Status::new();
-                s.set_code(Code::UNIMPLEMENTED);
-                s.message = format!("service {service} not found");
-                return Err(s);
+                return Err(status(
+                    Code::UNIMPLEMENTED,
+                    format!("service {service} not found"),
+                ));
             }
             crate::debug!("rpc {method}");
             match method.as_str() {
@@ -73,12 +73,10 @@ impl Dispatch for TaskService {
                 "Stats" => encode(self.stats(decode(&payload)?).await),
                 "Connect" => encode(self.connect(decode(&payload)?)),
                 "Shutdown" => empty(self.shutdown(decode(&payload)?)),
-                other => {
-                    let mut s = Status::new();
-                    s.set_code(Code::UNIMPLEMENTED);
-                    s.message = format!("method {other} not found");
-                    Err(s)
-                }
+                other => Err(status(
+                    Code::UNIMPLEMENTED,
+                    format!("method {other} not found"),
+                )),
             }
         })
     }

@@ -190,6 +190,16 @@ impl TaskService {
             status: exit.status,
             at: exit.at,
         };
+        if p.state().exit.is_some() {
+            return;
+        }
+        if is_init {
+            // Durable before it is published: `shim delete` reports it even
+            // if this shim dies before containerd hears of the exit.
+            if let Err(e) = crate::exitfile::write(&c.bundle, &info) {
+                crate::warn!("record exit of {}: {e}", c.id);
+            }
+        }
         if !p.set_exited(info) {
             return;
         }

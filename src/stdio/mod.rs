@@ -208,7 +208,7 @@ fn open_dest(
         let keeper = open_fifo(path, false)?;
         let w = open_fifo(path, true)?;
         return Ok(Some(Dest {
-            sink: Sink::Pollable(w),
+            sink: Sink::Output(w),
             keeper: Some(keeper),
         }));
     }

@@ -106,21 +106,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             d = d.display()
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let containerd = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("containerd (apt-get install containerd)");
+        let containerd = spawn_containerd(d);
         let ns = format!(
             "wedge-e2e-{}-{}",
             std::process::id(),
@@ -134,15 +120,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             containerd,
             ids: Default::default(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !env.ctr(&["version"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not start: {}",
-                env.containerd_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        env.wait_ready();
         let tar = image_tar();
         let out = env.ctr(&["images", "import", tar.to_str().unwrap()]);
         assert!(
@@ -151,6 +129,30 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             String::from_utf8_lossy(&out.stderr)
         );
         env
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                self.containerd_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills containerd with SIGKILL (it leaves its shims running).
+    pub fn kill_containerd(&mut self) {
+        let _ = self.containerd.kill();
+        let _ = self.containerd.wait();
+    }
+
+    /// Starts containerd again on the same root, state and sockets.
+    pub fn start_containerd(&mut self) {
+        self.containerd = spawn_containerd(self.dir.path());
+        self.wait_ready();
     }
 
     pub fn containerd_pid(&self) -> u32 {
@@ -241,23 +243,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         req: &Req,
     ) -> Result<Resp, ClientError> {
         let addr = std::fs::read_to_string(self.bundle(id).join("address")).expect("address file");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = Client::connect(&addr).await?;
-            let out = c
-                .call(
-                    "containerd.task.v2.Task",
-                    method,
-                    req.write_to_bytes().unwrap(),
-                    &[],
-                    Duration::from_secs(10),
-                )
-                .await?;
-            Ok(Resp::parse_from_bytes(&out).unwrap())
-        })
+        ttrpc_call(&addr, method, req)
     }
 
     /// Asserts that nothing of this env's containers remains.
@@ -365,6 +351,54 @@ impl Drop for Env {
             let _ = std::fs::remove_dir(&d);
         }
     }
+}
+
+/// Calls a Task API method on the shim at `addr` (10 s timeout).
+pub fn ttrpc_call<Req: Message, Resp: Message>(
+    addr: &str,
+    method: &str,
+    req: &Req,
+) -> Result<Resp, ClientError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect(addr).await?;
+        let out = c
+            .call(
+                "containerd.task.v2.Task",
+                method,
+                req.write_to_bytes().unwrap(),
+                &[],
+                Duration::from_secs(10),
+            )
+            .await?;
+        Ok(Resp::parse_from_bytes(&out).unwrap())
+    })
+}
+
+/// Starts containerd with the env's config, Wedge first on its PATH.
+fn spawn_containerd(d: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(d.join("containerd.log"))
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        d.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new("containerd")
+        .arg("--config")
+        .arg(d.join("config.toml"))
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("containerd (apt-get install containerd)")
 }
 
 /// Every process as (pid, space-joined cmdline).

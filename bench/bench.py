@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""Wedge vs the Go shim, side by side under one private containerd.
+
+Runs each scenario for both shims, interleaved (A/B), and prints a markdown
+table of medians and Wedge/Go ratios. Raw samples go to a JSON file so a run
+can be re-read and compared later.
+
+Usage: bench/bench.py [--quick] [--out FILE]
+  (bench/run builds Wedge, installs what is needed and calls this.)
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "docker.io/library/wedge-busybox:latest"
+SHIMS = {
+    "wedge": "io.containerd.wedge.v2",
+    "go": "io.containerd.runc.v2",
+}
+
+
+class Containerd:
+    def __init__(self, wedge_bin):
+        self.dir = Path(tempfile.mkdtemp(prefix="wedge-bench-", dir="/tmp"))
+        self.ns = f"wedge-bench-{os.getpid()}"
+        self.sock = str(self.dir / "c.sock")
+        bin_dir = self.dir / "bin"
+        bin_dir.mkdir()
+        shutil.copy(wedge_bin, bin_dir / "containerd-shim-wedge-v2")
+        (self.dir / "config.toml").write_text(
+            f"""version = 2
+root = "{self.dir}/root"
+state = "{self.dir}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{self.sock}"
+[ttrpc]
+  address = "{self.sock}.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{self.dir}/opt"
+"""
+        )
+        env = dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
+        self.log = open(self.dir / "containerd.log", "w")
+        self.proc = subprocess.Popen(
+            ["containerd", "--config", str(self.dir / "config.toml")],
+            env=env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
+        )
+        for _ in range(200):
+            if self.ctr("version", check=False).returncode == 0:
+                break
+            time.sleep(0.05)
+        tar = self.dir / "busybox.tar"
+        subprocess.run([str(ROOT / "tests/image/build-busybox-oci.sh"), str(tar), IMAGE],
+                       check=True, stdout=subprocess.DEVNULL)
+        self.ctr("images", "import", str(tar))
+
+    def ctr(self, *args, check=True, **kw):
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        return subprocess.run(["ctr", "-a", self.sock, "-n", self.ns, *args],
+                              check=check, stdin=subprocess.DEVNULL, **kw)
+
+    def run_d(self, shim, cid, *args, extra=()):
+        self.ctr("run", "-d", "--runtime", SHIMS[shim], *extra, IMAGE, cid, *args)
+
+    def remove(self, cid):
+        self.ctr("task", "kill", "-s", "KILL", cid, check=False)
+        for _ in range(200):
+            out = self.ctr("task", "ls", check=False).stdout.decode()
+            if not any(l.split()[:1] == [cid] and "RUNNING" in l for l in out.splitlines()):
+                break
+            time.sleep(0.02)
+        self.ctr("task", "rm", cid, check=False)
+        self.ctr("container", "rm", cid, check=False)
+
+    def shim_pids(self):
+        pids = []
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                cmd = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            text = b" ".join(cmd).decode(errors="replace")
+            if "containerd-shim" in text and self.sock in text and not text.endswith(" start"):
+                pids.append(int(p.name))
+        return pids
+
+    def close(self):
+        for cid in self.ctr("task", "ls", "-q", check=False).stdout.decode().split():
+            self.remove(cid)
+        for cid in self.ctr("container", "ls", "-q", check=False).stdout.decode().split():
+            self.ctr("container", "rm", cid, check=False)
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+            point = line.split()[4]
+            if point.startswith(str(self.dir)):
+                subprocess.run(["umount", "-l", point], check=False)
+        shutil.rmtree(f"/run/containerd/runc/{self.ns}", ignore_errors=True)
+        for h in Path("/sys/fs/cgroup").iterdir():
+            d = h / self.ns
+            if d.is_dir():
+                for c in d.iterdir():
+                    if c.is_dir():
+                        try:
+                            c.rmdir()
+                        except OSError:
+                            pass
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def mem(pid):
+    """RSS, PSS, anonymous (KiB) and threads of a process."""
+    vals = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].endswith(":"):
+            vals[parts[0][:-1]] = int(parts[1])
+    threads = next(int(l.split()[1]) for l in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if l.startswith("Threads:"))
+    return {"rss": vals["Rss"], "pss": vals["Pss"], "anon": vals["Anonymous"], "threads": threads}
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_memory(cd, shim, n, group=False):
+    ids = [f"m-{shim}-{n}-{'g' if group else 's'}-{i}" for i in range(n)]
+    extra = ("--annotation", f"io.containerd.runc.v2.group=g-{shim}-{n}") if group else ()
+    for cid in ids:
+        cd.run_d(shim, cid, "sleep", "3600", extra=extra)
+    time.sleep(1.5)
+    pids = cd.shim_pids()
+    samples = [mem(p) for p in pids]
+    for cid in ids:
+        cd.remove(cid)
+    time.sleep(0.5)
+    total = {k: sum(s[k] for s in samples) for k in ("rss", "pss", "anon")}
+    per = {k: statistics.median(s[k] for s in samples) for k in ("rss", "pss", "anon", "threads")}
+    return {"shims": len(samples), "total": total, "per_shim": per}
+
+
+def bench_run_latency(cd, shim, i):
+    cid = f"lat-{shim}-{i}"
+    return timed(lambda: cd.ctr("run", "--rm", "--runtime", SHIMS[shim], IMAGE, cid, "/bin/true"))
+
+
+def bench_exec_latency(cd, shim, cid, i):
+    return timed(lambda: cd.ctr("task", "exec", "--exec-id", f"x{i}", cid, "/bin/true"))
+
+
+def bench_fifo(cd, shim, mib, i):
+    cid = f"fifo-{shim}-{i}"
+    cmd = ["ctr", "-a", cd.sock, "-n", cd.ns, "run", "--rm", "--runtime", SHIMS[shim], IMAGE, cid,
+           "dd", "if=/dev/zero", "bs=1M", f"count={mib}"]
+    return timed(lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        stdin=subprocess.DEVNULL, check=True))
+
+
+def bench_file(cd, shim, mib, i):
+    cid = f"file-{shim}-{i}"
+    path = f"/dev/shm/wedge-bench-{shim}-{i}.log"
+    try:
+        return timed(lambda: cd.ctr("run", "--rm", "--runtime", SHIMS[shim], "--log-uri", f"file://{path}",
+                                    IMAGE, cid, "sh", "-c", f"dd if=/dev/zero bs=1M count={mib} 2>/dev/null"))
+    finally:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        if size != mib << 20:
+            print(f"warning: {shim} file log has {size} bytes", file=sys.stderr)
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def bench_limit(mib):
+    return timed(lambda: subprocess.run(
+        f"dd if=/dev/zero bs=1M count={mib} 2>/dev/null | cat > /dev/shm/wedge-bench-limit",
+        shell=True, check=True))
+
+
+def bench_churn(cd, shim, n, par, rnd):
+    def one(i):
+        return subprocess.Popen(["ctr", "-a", cd.sock, "-n", cd.ns, "run", "--rm", "--runtime", SHIMS[shim],
+                                 IMAGE, f"churn-{shim}-{rnd}-{i}", "/bin/true"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    t = time.perf_counter()
+    running, nxt = [], 0
+    while nxt < n or running:
+        while nxt < n and len(running) < par:
+            running.append(one(nxt))
+            nxt += 1
+        for p in running[:]:
+            if p.poll() is not None:
+                running.remove(p)
+        time.sleep(0.005)
+    return n / (time.perf_counter() - t)
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/latest.json"))
+    ap.add_argument("--wedge", required=True, help="the Wedge binary to measure")
+    a = ap.parse_args()
+    runs = 5 if a.quick else 15
+    mib = 128 if a.quick else 1024
+    churn_n = 20 if a.quick else 100
+    cd = Containerd(a.wedge)
+    raw = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": a.quick,
+           "machine": f"{os.cpu_count()} cores, {round(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30)} GiB, {os.uname().release}"}
+    try:
+        order = ["wedge", "go"]
+        for n, group in ((1, False), (20, False), (10, True)):
+            for shim in order:
+                raw[f"mem-{n}{'-group' if group else ''}-{shim}"] = bench_memory(cd, shim, n, group)
+        for key, fn in (("run", bench_run_latency),):
+            for shim in order:
+                raw[f"{key}-{shim}"] = []
+            for i in range(runs):
+                for shim in (order if i % 2 == 0 else order[::-1]):
+                    raw[f"{key}-{shim}"].append(fn(cd, shim, i))
+        for shim in order:
+            cd.run_d(shim, f"exec-host-{shim}", "sleep", "3600")
+            raw[f"exec-{shim}"] = []
+        for i in range(runs):
+            for shim in (order if i % 2 == 0 else order[::-1]):
+                raw[f"exec-{shim}"].append(bench_exec_latency(cd, shim, f"exec-host-{shim}", i))
+        # Memory after many finished execs (does not grow).
+        for shim in order:
+            pid = [p for p in cd.shim_pids() if f"-id exec-host-{shim} " in
+                   " ".join(Path(f"/proc/{p}/cmdline").read_text().split("\0"))][0]
+            before = mem(pid)["rss"]
+            for i in range(200 if a.quick else 1000):
+                cd.ctr("task", "exec", "--exec-id", f"many{i}", f"exec-host-{shim}", "/bin/true")
+            raw[f"exec-growth-{shim}"] = {"before": before, "after": mem(pid)["rss"],
+                                          "execs": 200 if a.quick else 1000}
+            cd.remove(f"exec-host-{shim}")
+        raw["limit"] = []
+        for shim in order:
+            raw[f"fifo-{shim}"] = []
+            raw[f"file-{shim}"] = []
+        for i in range(3):
+            raw["limit"].append(bench_limit(mib))
+            for shim in (order if i % 2 == 0 else order[::-1]):
+                raw[f"fifo-{shim}"].append(bench_fifo(cd, shim, mib, i))
+                raw[f"file-{shim}"].append(bench_file(cd, shim, mib, i))
+        if os.path.exists("/dev/shm/wedge-bench-limit"):
+            os.unlink("/dev/shm/wedge-bench-limit")
+        for shim in order:
+            raw[f"churn-{shim}"] = []
+        for r in range(3 if not a.quick else 1):
+            for shim in (order if r % 2 == 0 else order[::-1]):
+                raw[f"churn-{shim}"].append(bench_churn(cd, shim, churn_n, 4, r))
+    finally:
+        cd.close()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(raw, indent=1))
+    print(table(raw, mib, churn_n))
+
+
+def table(raw, mib, churn_n):
+    rows = []
+
+    def row(name, w, g, unit, fmt="{:.2f}"):
+        ratio = w / g if g else float("nan")
+        rows.append(f"| {name} | {fmt.format(w)} {unit} | {fmt.format(g)} {unit} | {ratio:.2f} |")
+
+    for key, label in (("mem-1", "1 container"), ("mem-20", "20 containers"), ("mem-10-group", "group of 10 in one shim")):
+        w, g = raw[f"{key}-wedge"], raw[f"{key}-go"]
+        for k in ("rss", "pss", "anon"):
+            row(f"{label}: {k.upper()} per shim", w["per_shim"][k] / 1024, g["per_shim"][k] / 1024, "MB")
+        row(f"{label}: threads per shim", w["per_shim"]["threads"], g["per_shim"]["threads"], "", "{:.0f}")
+        if key == "mem-20":
+            row("20 containers: total PSS", w["total"]["pss"] / 1024, g["total"]["pss"] / 1024, "MB")
+    row("`ctr run --rm /bin/true`", med(raw["run-wedge"]) * 1000, med(raw["run-go"]) * 1000, "ms", "{:.0f}")
+    row("exec `/bin/true`", med(raw["exec-wedge"]) * 1000, med(raw["exec-go"]) * 1000, "ms", "{:.0f}")
+    for shim in ("wedge", "go"):
+        eg = raw[f"exec-growth-{shim}"]
+        raw[f"growth-{shim}"] = eg["after"] / eg["before"]
+    row(f"RSS after {raw['exec-growth-wedge']['execs']} execs / before", raw["growth-wedge"], raw["growth-go"], "x")
+    limit = med(raw["limit"])
+    row(f"{mib} MiB stdout → FIFO → client", med(raw["fifo-wedge"]), med(raw["fifo-go"]), "s")
+    row(f"{mib} MiB stdout → file:// on tmpfs", med(raw["file-wedge"]), med(raw["file-go"]), "s")
+    rows.append(f"| limit: `dd \\| cat > /dev/shm` | {limit:.2f} s | | file/limit: Wedge {med(raw['file-wedge']) / limit:.2f}, Go {med(raw['file-go']) / limit:.2f} |")
+    row(f"churn: {churn_n} containers, 4 at a time", med(raw["churn-wedge"]), med(raw["churn-go"]), "/s")
+    head = [f"Run {raw['date']} on {raw['machine']}{' (quick)' if raw['quick'] else ''}; medians.", "",
+            "| measure | Wedge | Go shim | Wedge/Go |", "|---|---|---|---|"]
+    return "\n".join(head + rows)
+
+
+if __name__ == "__main__":
+    main()
