@@ -83,4 +83,6 @@ impl Dispatch for TaskService {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -178,8 +178,18 @@ fn open_log_file(path: &Path, create: bool) -> Result<OwnedFd, StdioError> {
     Ok(fd)
 }
 
+/// Capacity asked for the container's stdio pipes: fewer, larger splices
+/// and wake-ups under heavy output. The kernel allocates pages only as data
+/// arrives, so an idle pipe costs nothing more.
+const PIPE_SIZE: usize = 1 << 20;
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), StdioError> {
-    pipe_with(PipeFlags::CLOEXEC).map_err(|e| StdioError::Io("pipe".into(), e.into()))
+    let (r, w) =
+        pipe_with(PipeFlags::CLOEXEC).map_err(|e| StdioError::Io("pipe".into(), e.into()))?;
+    // Best effort: above /proc/sys/fs/pipe-max-size an unprivileged shim
+    // keeps the default.
+    let _ = rustix::pipe::fcntl_setpipe_size(&w, PIPE_SIZE);
+    Ok((r, w))
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, StdioError> {

@@ -1,0 +1,541 @@
+//! Reliability and security under a real containerd: manager restarts, a
+//! killed shim, stalled output readers, slow loggers, bad runtimes, load,
+//! fd hygiene and peer checks.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim::oci::Options as RuncOptions;
+use containerd_shim_protos::shim::shim::*;
+use containerd_shim_protos::types::task::Status;
+
+const I: Install = Install::Wedge;
+
+fn sleeper(env: &Env, id: &str) {
+    let out = env.run(id, &["-d"], &["sleep", "600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status(id, "RUNNING");
+}
+
+fn finish(env: &Env, id: &str) {
+    let _ = env.ctr(&["task", "kill", "-s", "KILL", id]);
+    env.wait_status(id, "STOPPED");
+    assert!(env.ctr(&["task", "rm", id]).status.success());
+    assert!(env.ctr(&["container", "rm", id]).status.success());
+}
+
+fn state(env: &Env, id: &str) -> StateResponse {
+    env.shim_call(
+        id,
+        "State",
+        &StateRequest {
+            id: id.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn containers_survive_a_containerd_crash_with_real_exit_codes_and_logs() {
+    let mut env = Env::start(I);
+    sleeper(&env, "keep");
+    let log = env.dir.path().join("late.log");
+    let uri = format!("file://{}", log.display());
+    let out = env.run(
+        "late",
+        &["-d", "--log-uri", &uri],
+        &["sh", "-c", "sleep 2; seq 1 5000; exit 7"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let keep_pid = state(&env, "keep").pid;
+
+    env.kill_containerd();
+    // "late" exits and writes its log while containerd is down.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        alive(keep_pid),
+        "containers keep running without containerd"
+    );
+    env.start_containerd();
+
+    env.wait_status("keep", "RUNNING");
+    env.wait_status("late", "STOPPED");
+    let st = state(&env, "late");
+    assert_eq!(st.exit_status, 7);
+    assert!(st.exited_at.is_some());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let want: String = (1..=5000).map(|i| format!("{i}\n")).collect();
+    assert!(text == want, "file log incomplete: {} bytes", text.len());
+
+    // Exec, kill and events work after the restart.
+    let events = env.events();
+    let out = env.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "after",
+        "keep",
+        "echo",
+        "still",
+    ]);
+    assert_eq!(stdout(&out), "still\n");
+    assert!(env
+        .ctr(&["task", "kill", "-s", "KILL", "keep"])
+        .status
+        .success());
+    env.wait_status("keep", "STOPPED");
+    assert_eq!(state(&env, "keep").exit_status, 137);
+    events.wait_for("keep", &["/tasks/exit"]);
+    assert!(env.ctr(&["task", "rm", "keep"]).status.success());
+    assert!(env.ctr(&["container", "rm", "keep"]).status.success());
+    assert!(env.ctr(&["task", "rm", "late"]).status.success());
+    assert!(env.ctr(&["container", "rm", "late"]).status.success());
+    env.assert_clean();
+}
+
+#[test]
+fn a_killed_shim_reports_the_real_exit_status() {
+    let env = Env::start(I);
+    let out = env.run("done", &["-d"], &["sh", "-c", "exit 9"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("done", "STOPPED");
+    sleeper(&env, "alive");
+    let events = env.events();
+    for id in ["done", "alive"] {
+        let shim = env.shim_pid(id).unwrap();
+        assert!(Command::new("kill")
+            .args(["-9", &shim.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+    // containerd runs `shim delete` for each and publishes what it reports.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let delete_status = |id: &str| {
+        events
+            .lines(&format!("\"{id}\""))
+            .iter()
+            .filter(|l| l.contains("/tasks/delete"))
+            .find_map(|l| {
+                let i = l.find("\"exit_status\":")? + "\"exit_status\":".len();
+                l[i..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+    };
+    while delete_status("done").is_none() || delete_status("alive").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no delete events: {:?}",
+            events.lines("tasks")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        delete_status("done"),
+        Some(9),
+        "the recorded exit, not a made-up 137"
+    );
+    assert_eq!(
+        delete_status("alive"),
+        Some(137),
+        "a running container is killed"
+    );
+    for id in ["done", "alive"] {
+        let _ = env.ctr(&["task", "rm", id]);
+        assert!(env.ctr(&["container", "rm", id]).status.success());
+    }
+    env.assert_clean();
+}
+
+#[test]
+fn a_stalled_output_reader_does_not_block_the_container() {
+    let env = Env::start(I);
+    // ctr -d leaves: nobody reads the stdout FIFO any more.
+    let out = env.run(
+        "chatty",
+        &["-d"],
+        &[
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo line $i; echo $i > /tmp/count; done",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let count = || -> u64 {
+        let out = env.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &format!("c{}", Instant::now().elapsed().as_nanos()),
+            "chatty",
+            "cat",
+            "/tmp/count",
+        ]);
+        stdout(&out).trim().parse().unwrap_or(0)
+    };
+    std::thread::sleep(Duration::from_secs(12));
+    let a = count();
+    std::thread::sleep(Duration::from_secs(2));
+    let b = count();
+    assert!(
+        b > a,
+        "the container is blocked on its output ({a} then {b})"
+    );
+    finish(&env, "chatty");
+    env.assert_clean();
+}
+
+#[test]
+fn a_slow_logger_gets_every_byte_of_a_100_mb_burst() {
+    let env = Env::start(I);
+    let dir = env.dir.path().join("slow");
+    std::fs::create_dir(&dir).unwrap();
+    let logger = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/loggers/slow.sh");
+    let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
+    let out = env.run(
+        "burst",
+        &["--rm", "--log-uri", &uri],
+        &["sh", "-c", "dd if=/dev/zero bs=1M count=100 2>/dev/null"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !dir.join("finished").exists() {
+        assert!(Instant::now() < deadline, "logger did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::metadata(dir.join("stdout")).unwrap().len(),
+        100 << 20
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn missing_and_hanging_runtimes_get_clear_errors() {
+    // ctr passes --runc-binary only to io.containerd.runc.v2: Wedge as drop-in.
+    let env = Env::start(Install::DropIn);
+    env.track("nort");
+    let out = env.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        env.install.runtime(),
+        "--runc-binary",
+        "/nonexistent/runc",
+        IMAGE,
+        "nort",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/runc"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = env.ctr(&["container", "rm", "nort"]);
+
+    // A runtime that hangs: the request's deadline kills it, the shim stays up.
+    sleeper(&env, "host");
+    let hang = env.dir.path().join("hang-runtime");
+    std::fs::write(&hang, "#!/bin/sh\nexec /bin/sleep 600\n").unwrap();
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bundle = env.dir.path().join("hang-bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::copy(
+        env.bundle("host").join("config.json"),
+        bundle.join("config.json"),
+    )
+    .unwrap();
+    let mut opts = RuncOptions::new();
+    opts.binary_name = hang.display().to_string();
+    let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+    any.type_url = "containerd.runc.v1.Options".into();
+    any.value = opts.write_to_bytes().unwrap();
+    let req = CreateTaskRequest {
+        id: "hung".into(),
+        bundle: bundle.display().to_string(),
+        options: MessageField::some(any),
+        ..Default::default()
+    };
+    let addr = std::fs::read_to_string(env.bundle("host").join("address")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let res = rt.block_on(async {
+        let mut c = wedge::ttrpc::Client::connect(&addr).await.unwrap();
+        c.call_with_deadline(
+            "containerd.task.v2.Task",
+            "Create",
+            req.write_to_bytes().unwrap(),
+            &[],
+            Some(Duration::from_secs(2)),
+            Duration::from_secs(30),
+        )
+        .await
+    });
+    match res {
+        Err(wedge::ttrpc::ClientError::Status { message, .. }) => {
+            assert!(message.contains("deadline"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(25));
+    assert!(
+        !processes()
+            .iter()
+            .any(|(_, c)| c.contains("/bin/sleep 600") && c.contains("hang")),
+        "the hung runtime was killed"
+    );
+    let st: Result<StateResponse, _> = env.shim_call(
+        "host",
+        "State",
+        &StateRequest {
+            id: "hung".into(),
+            ..Default::default()
+        },
+    );
+    assert!(st.is_err(), "no half-created container");
+    assert_eq!(
+        state(&env, "host").status.enum_value().unwrap(),
+        Status::RUNNING
+    );
+    finish(&env, "host");
+    env.assert_clean();
+}
+
+#[test]
+fn no_shim_fd_leaks_into_containers() {
+    let env = Env::start(I);
+    sleeper(&env, "fds");
+    let out = env.ctr(&["task", "exec", "--exec-id", "l1", "fds", "ls", "/proc/1/fd"]);
+    let fds: Vec<String> = stdout(&out)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(fds, ["0", "1", "2"], "init's fds");
+    let out = env.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "l2",
+        "fds",
+        "sh",
+        "-c",
+        "ls /proc/$$/fd; true",
+    ]);
+    let fds: Vec<String> = stdout(&out)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        fds,
+        ["0", "1", "2"],
+        "an exec's fds (a shell that stays alive)"
+    );
+    // The shim socket is a file with mode 0600.
+    let sock = wedge::manager::socket_path(&env.address, &env.ns, "fds");
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    finish(&env, "fds");
+    env.assert_clean();
+}
+
+/// Run as another user by `peers_with_another_uid_are_refused`: tries a
+/// Connect call and prints what happened.
+#[test]
+fn peer_client_helper() {
+    let Ok(addr) = std::env::var("WEDGE_PEER_ADDR") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt.block_on(async {
+        let mut c = wedge::ttrpc::Client::connect(&addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        c.call(
+            "containerd.task.v2.Task",
+            "Connect",
+            ConnectRequest::new().write_to_bytes().unwrap(),
+            &[],
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    });
+    println!(
+        "PEER-RESULT {}",
+        if res.is_ok() { "accepted" } else { "refused" }
+    );
+}
+
+#[test]
+fn peers_with_another_uid_are_refused() {
+    let env = Env::start(I);
+    sleeper(&env, "peer");
+    let sock = wedge::manager::socket_path(&env.address, &env.ns, "peer");
+    let exe = std::env::current_exe().unwrap();
+    let run_as_nobody = || {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args([
+                "--exact",
+                "peer_client_helper",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("WEDGE_PEER_ADDR", &sock)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    // The socket's mode keeps other users out...
+    assert!(run_as_nobody().contains("PEER-RESULT refused"));
+    // ...and so does the shim's own credential check when the mode would not.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = run_as_nobody();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(out.contains("PEER-RESULT refused"), "{out}");
+    // Root (the same uid as the shim) is served.
+    let c: ConnectResponse = env
+        .shim_call("peer", "Connect", &ConnectRequest::default())
+        .unwrap();
+    assert!(c.shim_pid > 0);
+    finish(&env, "peer");
+    env.assert_clean();
+}
+
+#[test]
+fn load_200_containers_and_1000_execs_leave_nothing_behind() {
+    let env = Env::start(I);
+    // 200 containers in 10 groups of 20 (one shim each), 8 clients at a time.
+    let ids: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("l{i}"), format!("group-{}", i % 10)))
+        .collect();
+    for (id, _) in &ids {
+        env.track(id);
+    }
+    for chunk in ids.chunks(8) {
+        let children: Vec<_> = chunk
+            .iter()
+            .map(|(id, g)| {
+                env.ctr_cmd(&[
+                    "run",
+                    "-d",
+                    "--runtime",
+                    WEDGE_RUNTIME,
+                    "--annotation",
+                    &format!("io.containerd.runc.v2.group={g}"),
+                    IMAGE,
+                    id,
+                    "sleep",
+                    "600",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let shims: Vec<u32> = processes()
+        .into_iter()
+        .filter(|(_, c)| {
+            c.contains(&env.address) && c.contains("containerd-shim") && !c.ends_with(" start")
+        })
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(shims.len(), 10, "one shim per group");
+    let shim = env.shim_pid("l0").unwrap();
+    let before = threads_and_fds(shim);
+    // 1000 execs spread over the group of l0 (shim `shim`): 4 clients at a time.
+    let targets: Vec<&str> = ids
+        .iter()
+        .filter(|(_, g)| g == "group-0")
+        .map(|(id, _)| id.as_str())
+        .collect();
+    for batch in 0..250 {
+        let children: Vec<_> = (0..4)
+            .map(|k| {
+                let n = batch * 4 + k;
+                env.ctr_cmd(&[
+                    "task",
+                    "exec",
+                    "--exec-id",
+                    &format!("x{n}"),
+                    targets[n % targets.len()],
+                    "true",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while threads_and_fds(shim) != before {
+        assert!(
+            Instant::now() < deadline,
+            "before {before:?}, after {:?}",
+            threads_and_fds(shim)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // No zombies under any shim.
+    for s in &shims {
+        let children =
+            std::fs::read_to_string(format!("/proc/{s}/task/{s}/children")).unwrap_or_default();
+        for c in children.split_whitespace() {
+            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
+            assert!(
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z'),
+                "zombie {c} under shim {s}"
+            );
+        }
+    }
+    for chunk in ids.chunks(20) {
+        for (id, _) in chunk {
+            let _ = env.ctr(&["task", "kill", "-s", "KILL", id]);
+        }
+        for (id, _) in chunk {
+            env.wait_status(id, "STOPPED");
+            assert!(env.ctr(&["task", "rm", id]).status.success());
+            assert!(env.ctr(&["container", "rm", id]).status.success());
+        }
+    }
+    env.assert_clean();
+    let _ = std::io::stdout().flush();
+}
