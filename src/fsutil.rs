@@ -69,6 +69,16 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(write_private(&link, b"runc").is_err());
         assert!(!target.exists());
+        // An atomic write replaces a symlink instead of writing through it.
+        std::fs::write(&target, b"outside").unwrap();
+        let addr = d.path().join("init.exit");
+        std::os::unix::fs::symlink(&target, &addr).unwrap();
+        write_atomic(&addr, b"0 1.0", 0o600).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"outside");
+        assert!(!std::fs::symlink_metadata(&addr)
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(read_optional(&d.path().join("none")).unwrap(), None);
     }
 }

@@ -167,21 +167,25 @@ fn a_stalled_output_reader_does_not_block_the_container() {
         &[
             "sh",
             "-c",
-            "i=0; while :; do i=$((i+1)); echo line $i; echo $i > /tmp/count; done",
+            "i=0; while :; do i=$((i+1)); echo line $i; echo $i > /tmp/c.new; mv /tmp/c.new /tmp/count; done",
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    // The counter is replaced by rename, so a read never sees it half-written.
+    let seq = std::cell::Cell::new(0);
     let count = || -> u64 {
+        seq.set(seq.get() + 1);
         let out = env.ctr(&[
             "task",
             "exec",
             "--exec-id",
-            &format!("c{}", Instant::now().elapsed().as_nanos()),
+            &format!("c{}", seq.get()),
             "chatty",
             "cat",
             "/tmp/count",
         ]);
-        stdout(&out).trim().parse().unwrap_or(0)
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().parse().unwrap()
     };
     std::thread::sleep(Duration::from_secs(12));
     let a = count();

@@ -514,6 +514,7 @@ impl TaskService {
             .exit
             .map(|e| (e.status, e.at))
             .unwrap_or((0, SystemTime::now()));
+        crate::sys::trim_heap();
         if req.exec_id.is_empty() {
             let mut ev = TaskDelete::new();
             ev.container_id = c.id.clone();

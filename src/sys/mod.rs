@@ -115,3 +115,13 @@ pub fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Returns freed heap memory to the kernel, so a shim's resident size comes
+/// back down after bursts of work (many execs) instead of keeping its peak.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only walks and releases the allocator's own free
+    // lists; it is safe to call at any point outside a signal handler.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
