@@ -263,7 +263,7 @@ def main():
         for shim in order:
             raw[f"fifo-{shim}"] = []
             raw[f"file-{shim}"] = []
-        for i in range(3):
+        for i in range(3 if a.quick else 5):
             raw["limit"].append(bench_limit(mib))
             for shim in (order if i % 2 == 0 else order[::-1]):
                 raw[f"fifo-{shim}"].append(bench_fifo(cd, shim, mib, i))
