@@ -453,13 +453,7 @@ fn error_codes(install: Install) {
     );
     // After all that the shim still serves its container.
     assert_eq!(code(&env, "State", &state("")), Code::OK);
-    assert!(env
-        .ctr(&["task", "kill", "-s", "KILL", "ec"])
-        .status
-        .success());
-    env.wait_status("ec", "STOPPED");
-    assert!(env.ctr(&["task", "rm", "ec"]).status.success());
-    assert!(env.ctr(&["container", "rm", "ec"]).status.success());
+    env.finish("ec");
     env.assert_clean();
 }
 

@@ -17,35 +17,10 @@ use containerd_shim_protos::types::task::Status;
 
 const I: Install = Install::Wedge;
 
-fn sleeper(env: &Env, id: &str) {
-    let out = env.run(id, &["-d"], &["sleep", "600"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    env.wait_status(id, "RUNNING");
-}
-
-fn finish(env: &Env, id: &str) {
-    let _ = env.ctr(&["task", "kill", "-s", "KILL", id]);
-    env.wait_status(id, "STOPPED");
-    assert!(env.ctr(&["task", "rm", id]).status.success());
-    assert!(env.ctr(&["container", "rm", id]).status.success());
-}
-
-fn state(env: &Env, id: &str) -> StateResponse {
-    env.shim_call(
-        id,
-        "State",
-        &StateRequest {
-            id: id.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap()
-}
-
 #[test]
 fn containers_survive_a_containerd_crash_with_real_exit_codes_and_logs() {
     let mut env = Env::start(I);
-    sleeper(&env, "keep");
+    env.sleeper("keep");
     let log = env.dir.path().join("late.log");
     let uri = format!("file://{}", log.display());
     let out = env.run(
@@ -54,7 +29,7 @@ fn containers_survive_a_containerd_crash_with_real_exit_codes_and_logs() {
         &["sh", "-c", "sleep 2; seq 1 5000; exit 7"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let keep_pid = state(&env, "keep").pid;
+    let keep_pid = env.state("keep", "").pid;
 
     env.kill_containerd();
     // "late" exits and writes its log while containerd is down.
@@ -67,7 +42,7 @@ fn containers_survive_a_containerd_crash_with_real_exit_codes_and_logs() {
 
     env.wait_status("keep", "RUNNING");
     env.wait_status("late", "STOPPED");
-    let st = state(&env, "late");
+    let st = env.state("late", "");
     assert_eq!(st.exit_status, 7);
     assert!(st.exited_at.is_some());
     let text = std::fs::read_to_string(&log).unwrap();
@@ -91,7 +66,7 @@ fn containers_survive_a_containerd_crash_with_real_exit_codes_and_logs() {
         .status
         .success());
     env.wait_status("keep", "STOPPED");
-    assert_eq!(state(&env, "keep").exit_status, 137);
+    assert_eq!(env.state("keep", "").exit_status, 137);
     events.wait_for("keep", &["/tasks/exit"]);
     assert!(env.ctr(&["task", "rm", "keep"]).status.success());
     assert!(env.ctr(&["container", "rm", "keep"]).status.success());
@@ -106,7 +81,7 @@ fn a_killed_shim_reports_the_real_exit_status() {
     let out = env.run("done", &["-d"], &["sh", "-c", "exit 9"]);
     assert!(out.status.success(), "{}", stderr(&out));
     env.wait_status("done", "STOPPED");
-    sleeper(&env, "alive");
+    env.sleeper("alive");
     let events = env.events();
     for id in ["done", "alive"] {
         let shim = env.shim_pid(id).unwrap();
@@ -195,7 +170,7 @@ fn a_stalled_output_reader_does_not_block_the_container() {
         b > a,
         "the container is blocked on its output ({a} then {b})"
     );
-    finish(&env, "chatty");
+    env.finish("chatty");
     env.assert_clean();
 }
 
@@ -249,7 +224,7 @@ fn missing_and_hanging_runtimes_get_clear_errors() {
     let _ = env.ctr(&["container", "rm", "nort"]);
 
     // A runtime that hangs: the request's deadline kills it, the shim stays up.
-    sleeper(&env, "host");
+    env.sleeper("host");
     let hang = env.dir.path().join("hang-runtime");
     std::fs::write(&hang, "#!/bin/sh\nexec /bin/sleep 600\n").unwrap();
     std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -312,17 +287,17 @@ fn missing_and_hanging_runtimes_get_clear_errors() {
     );
     assert!(st.is_err(), "no half-created container");
     assert_eq!(
-        state(&env, "host").status.enum_value().unwrap(),
+        env.state("host", "").status.enum_value().unwrap(),
         Status::RUNNING
     );
-    finish(&env, "host");
+    env.finish("host");
     env.assert_clean();
 }
 
 #[test]
 fn no_shim_fd_leaks_into_containers() {
     let env = Env::start(I);
-    sleeper(&env, "fds");
+    env.sleeper("fds");
     let out = env.ctr(&["task", "exec", "--exec-id", "l1", "fds", "ls", "/proc/1/fd"]);
     let fds: Vec<String> = stdout(&out)
         .split_whitespace()
@@ -352,7 +327,7 @@ fn no_shim_fd_leaks_into_containers() {
     let sock = wedge::manager::socket_path(&env.address, &env.ns, "fds");
     let meta = std::fs::metadata(&sock).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    finish(&env, "fds");
+    env.finish("fds");
     env.assert_clean();
 }
 
@@ -390,7 +365,7 @@ fn peer_client_helper() {
 #[test]
 fn peers_with_another_uid_are_refused() {
     let env = Env::start(I);
-    sleeper(&env, "peer");
+    env.sleeper("peer");
     let sock = wedge::manager::socket_path(&env.address, &env.ns, "peer");
     let exe = std::env::current_exe().unwrap();
     let run_as_nobody = || {
@@ -421,7 +396,7 @@ fn peers_with_another_uid_are_refused() {
         .shim_call("peer", "Connect", &ConnectRequest::default())
         .unwrap();
     assert!(c.shim_pid > 0);
-    finish(&env, "peer");
+    env.finish("peer");
     env.assert_clean();
 }
 

@@ -20,37 +20,11 @@ use wedge::ttrpc::ClientError;
 
 const I: Install = Install::Wedge;
 
-fn sleeper(env: &Env, id: &str) {
-    let out = env.run(id, &["-d"], &["sleep", "600"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    env.wait_status(id, "RUNNING");
-}
-
-fn finish(env: &Env, id: &str) {
-    let _ = env.ctr(&["task", "kill", "-s", "KILL", id]);
-    env.wait_status(id, "STOPPED");
-    assert!(env.ctr(&["task", "rm", id]).status.success());
-    assert!(env.ctr(&["container", "rm", id]).status.success());
-}
-
-fn state(env: &Env, id: &str, exec_id: &str) -> StateResponse {
-    env.shim_call(
-        id,
-        "State",
-        &StateRequest {
-            id: id.into(),
-            exec_id: exec_id.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap()
-}
-
 #[test]
 fn exec_exit_codes_stdin_events_and_pids() {
     let env = Env::start(I);
     let events = env.events();
-    sleeper(&env, "ex");
+    env.sleeper("ex");
     let out = env.ctr(&[
         "task",
         "exec",
@@ -96,7 +70,7 @@ fn exec_exit_codes_stdin_events_and_pids() {
         .success());
     let ps = stdout(&env.ctr(&["task", "ps", "ex"]));
     assert!(ps.contains("ExecID:bg"), "{ps}");
-    let bg = state(&env, "ex", "bg");
+    let bg = env.state("ex", "bg");
     assert_eq!(bg.status.enum_value().unwrap(), Status::RUNNING);
     // Exec kill by pid; a second kill is NotFound.
     let kill = |sig: u32| -> Result<Empty, ClientError> {
@@ -113,11 +87,11 @@ fn exec_exit_codes_stdin_events_and_pids() {
     };
     kill(9).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while state(&env, "ex", "bg").status.enum_value().unwrap() != Status::STOPPED {
+    while env.state("ex", "bg").status.enum_value().unwrap() != Status::STOPPED {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(state(&env, "ex", "bg").exit_status, 137);
+    assert_eq!(env.state("ex", "bg").exit_status, 137);
     assert!(matches!(
         kill(9),
         Err(ClientError::Status {
@@ -222,14 +196,14 @@ fn exec_exit_codes_stdin_events_and_pids() {
         .lines("\"e1\"")
         .iter()
         .any(|l| l.contains("/tasks/exit") && l.contains("\"exit_status\":5")));
-    finish(&env, "ex");
+    env.finish("ex");
     env.assert_clean();
 }
 
 #[test]
 fn exec_churn_leaves_no_threads_or_fds() {
     let env = Env::start(I);
-    sleeper(&env, "churn");
+    env.sleeper("churn");
     // Warm up, then measure.
     assert!(env
         .ctr(&["task", "exec", "--exec-id", "w", "churn", "true"])
@@ -311,7 +285,7 @@ fn exec_churn_leaves_no_threads_or_fds() {
         .filter(|n| n.ends_with(".pid") && n != "init.pid" || n.starts_with(".exec-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    finish(&env, "churn");
+    env.finish("churn");
     env.assert_clean();
 }
 
@@ -365,7 +339,7 @@ fn terminal_resize_and_large_output() {
     assert_eq!(nums.last(), Some(&"50000"));
     assert_eq!(nums.len(), 50000);
 
-    sleeper(&env, "ttyx");
+    env.sleeper("ttyx");
     let out = in_terminal(&tty_cmd(
         &env,
         40,
@@ -406,7 +380,7 @@ fn terminal_resize_and_large_output() {
         "for t in /dev/pts/[0-9]*; do stty size < $t; done",
     ]);
     assert!(stdout(&out).contains("45 123"), "{}", stdout(&out));
-    finish(&env, "ttyx");
+    env.finish("ttyx");
     env.assert_clean();
 }
 
@@ -497,7 +471,7 @@ fn a_crashing_logger_does_not_stop_the_container() {
 fn pause_resume_update_and_stats() {
     let env = Env::start(I);
     let events = env.events();
-    sleeper(&env, "pr");
+    env.sleeper("pr");
     assert!(env.ctr(&["task", "pause", "pr"]).status.success());
     env.wait_status("pr", "PAUSED");
     let freezer = std::fs::read_to_string(format!(
@@ -593,7 +567,7 @@ fn pause_resume_update_and_stats() {
         metrics.contains("memory.limit_in_bytes    52428800"),
         "{metrics}"
     );
-    finish(&env, "pr");
+    env.finish("pr");
     env.assert_clean();
 }
 
@@ -622,7 +596,7 @@ fn oom_kill_is_reported_before_the_exit() {
 #[test]
 fn failed_checkpoint_names_the_criu_log() {
     let env = Env::start(I);
-    sleeper(&env, "cp");
+    env.sleeper("cp");
     let out = env.ctr(&["task", "checkpoint", "cp"]);
     let bundle = env.bundle("cp");
     let log = bundle.join("criu-dump.log");
@@ -641,7 +615,7 @@ fn failed_checkpoint_names_the_criu_log() {
     // The container is unharmed.
     let out = env.ctr(&["task", "exec", "--exec-id", "after", "cp", "echo", "alive"]);
     assert_eq!(stdout(&out), "alive\n");
-    finish(&env, "cp");
+    env.finish("cp");
     env.assert_clean();
 }
 
@@ -689,15 +663,15 @@ fn a_group_shares_one_shim_until_the_last_container_goes() {
         .count();
     assert_eq!(shim_count, 1);
     // Exits are matched per container; the shim stays while one is left.
-    finish(&env, "g1");
+    env.finish("g1");
     assert!(alive(c1.shim_pid));
     assert_eq!(
-        state(&env, "g2", "").status.enum_value().unwrap(),
+        env.state("g2", "").status.enum_value().unwrap(),
         Status::RUNNING
     );
     let out = env.ctr(&["task", "exec", "--exec-id", "x", "g2", "echo", "still here"]);
     assert_eq!(stdout(&out), "still here\n");
-    finish(&env, "g2");
+    env.finish("g2");
     let deadline = Instant::now() + Duration::from_secs(10);
     while alive(c1.shim_pid) {
         assert!(Instant::now() < deadline, "group shim still running");
@@ -709,8 +683,8 @@ fn a_group_shares_one_shim_until_the_last_container_goes() {
 #[test]
 fn init_exit_in_a_shared_pid_namespace_kills_the_rest() {
     let env = Env::start(I);
-    sleeper(&env, "host");
-    let host_pid = state(&env, "host", "").pid;
+    env.sleeper("host");
+    let host_pid = env.state("host", "").pid;
     // A container that joins host's pid namespace: its init exits, leaving a
     // child behind that only `kill --all` can reach.
     let ns = format!("pid:/proc/{host_pid}/ns/pid");
@@ -733,6 +707,6 @@ fn init_exit_in_a_shared_pid_namespace_kills_the_rest() {
     }
     assert!(env.ctr(&["task", "rm", "guest"]).status.success());
     assert!(env.ctr(&["container", "rm", "guest"]).status.success());
-    finish(&env, "host");
+    env.finish("host");
     env.assert_clean();
 }

@@ -198,6 +198,35 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         self.ctr(&args)
     }
 
+    /// Starts a detached `sleep 600` container and waits until it runs.
+    pub fn sleeper(&self, id: &str) {
+        let out = self.run(id, &["-d"], &["sleep", "600"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        self.wait_status(id, "RUNNING");
+    }
+
+    /// Kills a container, waits for its exit, and removes task and container.
+    pub fn finish(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "KILL", id]);
+        self.wait_status(id, "STOPPED");
+        assert!(self.ctr(&["task", "rm", id]).status.success());
+        assert!(self.ctr(&["container", "rm", id]).status.success());
+    }
+
+    /// The shim's State of a process (`exec_id` empty for init).
+    pub fn state(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> containerd_shim_protos::shim::shim::StateResponse {
+        let req = containerd_shim_protos::shim::shim::StateRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        self.shim_call(id, "State", &req).unwrap()
+    }
+
     /// The bundle directory of a task.
     pub fn bundle(&self, id: &str) -> PathBuf {
         self.dir
