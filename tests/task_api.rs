@@ -69,7 +69,11 @@ fn exec_exit_codes_stdin_events_and_pids() {
         .status
         .success());
     let ps = stdout(&env.ctr(&["task", "ps", "ex"]));
-    assert!(ps.contains("ExecID:bg"), "{ps}");
+    // ctr 1.6 prints `ExecID:bg`, 1.7 and later `exec_id:"bg"`.
+    assert!(
+        ps.contains("ExecID:bg") || ps.contains("exec_id:\"bg\""),
+        "{ps}"
+    );
     let bg = env.state("ex", "bg");
     assert_eq!(bg.status.enum_value().unwrap(), Status::RUNNING);
     // Exec kill by pid; a second kill is NotFound.
@@ -291,8 +295,10 @@ fn exec_churn_leaves_no_threads_or_fds() {
 
 fn tty_cmd(env: &Env, rows: u32, cols: u32, args: &str) -> String {
     format!(
-        "stty rows {rows} cols {cols}; ctr -a {} -n {} {args}",
-        env.address, env.ns
+        "stty rows {rows} cols {cols}; {} -a {} -n {} {args}",
+        containerd_bin("ctr").display(),
+        env.address,
+        env.ns
     )
 }
 

@@ -49,6 +49,16 @@ pub struct Env {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// containerd and ctr to test against: `$WEDGE_CONTAINERD_DIR/{containerd,ctr}`
+/// when set (a newer containerd unpacked by `scripts/fetch-containerd`),
+/// otherwise the system's.
+pub fn containerd_bin(name: &str) -> PathBuf {
+    match std::env::var_os("WEDGE_CONTAINERD_DIR") {
+        Some(d) => PathBuf::from(d).join(name),
+        None => PathBuf::from(name),
+    }
+}
+
 fn wedge_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-wedge-v2"))
 }
@@ -165,7 +175,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     /// Runs `ctr -a ADDR -n NS ARGS…` and returns its output.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
+        Command::new(containerd_bin("ctr"))
             .args(["-a", &self.address, "-n", &self.ns])
             .args(args)
             .stdin(Stdio::null())
@@ -175,7 +185,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     /// `ctr` with output captured into files (for large outputs).
     pub fn ctr_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(containerd_bin("ctr"));
         c.args(["-a", &self.address, "-n", &self.ns])
             .args(args)
             .stdin(Stdio::null());
@@ -419,7 +429,7 @@ fn spawn_containerd(d: &Path) -> std::process::Child {
         d.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    Command::new("containerd")
+    Command::new(containerd_bin("containerd"))
         .arg("--config")
         .arg(d.join("config.toml"))
         .env("PATH", path)
