@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds a one-layer OCI image archive from Debian's busybox-static, with no
-# registry: `ctr images import` reads it directly.
+# registry: `ctr images import` reads it directly. With DOCKER_OUT=FILE it
+# also writes the same image as a `docker save` archive (what Docker 20.10's
+# `docker load` reads).
 #   build-busybox-oci.sh OUT.tar [IMAGE_NAME]
 set -euo pipefail
 out=${1:?usage: build-busybox-oci.sh OUT.tar [IMAGE_NAME]}
@@ -45,6 +47,20 @@ mv "$work/manifest.json" "$blobs/$manifest_digest"
 printf '{"imageLayoutVersion":"1.0.0"}' >"$work/oci/oci-layout"
 printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"latest"}}]}' \
   "$manifest_digest" "$manifest_size" "$name" >"$work/oci/index.json"
+
+if [ -n "${DOCKER_OUT:-}" ]; then
+  d=$work/docker
+  mkdir -p "$d"
+  cp "$blobs/$config_digest" "$d/$config_digest.json"
+  mkdir -p "$d/$layer_digest"
+  cp "$blobs/$layer_digest" "$d/$layer_digest/layer.tar"
+  tag=${name#docker.io/library/}
+  printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}]' \
+    "$config_digest" "$tag" "$layer_digest" >"$d/manifest.json"
+  mkdir -p "$(dirname "$DOCKER_OUT")"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$d" -cf "$DOCKER_OUT.tmp" .
+  mv "$DOCKER_OUT.tmp" "$DOCKER_OUT"
+fi
 
 mkdir -p "$(dirname "$out")"
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/oci" -cf "$out.tmp" .
