@@ -16,6 +16,8 @@ use containerd_shim_protos::protobuf::Message;
 use wedge::ttrpc::{Client, ClientError};
 
 pub const IMAGE: &str = "docker.io/library/wedge-busybox:latest";
+/// The pod sandbox image: busybox whose command sleeps forever.
+pub const PAUSE_IMAGE: &str = "docker.io/library/wedge-pause:latest";
 pub const WEDGE_RUNTIME: &str = "io.containerd.wedge.v2";
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 
@@ -83,10 +85,39 @@ pub fn image_tar() -> PathBuf {
     target
 }
 
+/// Builds (once) and returns the pause image archive.
+pub fn pause_tar() -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e/pause-oci.tar");
+    if !target.exists() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/image/build-busybox-oci.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(&target)
+            .arg(PAUSE_IMAGE)
+            .env("IMAGE_CMD", r#"["/bin/sleep","2147483647"]"#)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pause image build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    target
+}
+
 impl Env {
     /// Starts a private containerd with Wedge installed as `install` and the
     /// image imported into a fresh namespace.
     pub fn start(install: Install) -> Env {
+        Env::start_with(install, false)
+    }
+
+    /// Like [`Env::start`]; with `cri`, containerd's CRI plugin is on, with
+    /// runtime handlers `wedge` (io.containerd.wedge.v2) and `dropin`
+    /// (io.containerd.runc.v2, which is Wedge here too), host-network pods
+    /// only, and the busybox and pause images imported into `k8s.io`.
+    pub fn start_with(install: Install, cri: bool) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("wedge-e2e-")
             .tempdir_in("/tmp")
@@ -100,12 +131,23 @@ impl Env {
             Install::DropIn => "containerd-shim-runc-v2",
         };
         std::fs::copy(wedge_binary(), bin.join(name)).unwrap();
+        if cri {
+            std::fs::create_dir_all(d.join("cni/bin")).unwrap();
+            std::fs::create_dir_all(d.join("cni/conf")).unwrap();
+            std::fs::copy(wedge_binary(), bin.join("containerd-shim-runc-v2")).unwrap();
+            std::fs::copy(wedge_binary(), bin.join("containerd-shim-wedge-v2")).unwrap();
+        }
         let address = d.join("c.sock").display().to_string();
-        let config = format!(
+        let disabled = if cri {
+            ""
+        } else {
+            "\"io.containerd.grpc.v1.cri\", "
+        };
+        let mut config = format!(
             r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
 [grpc]
   address = "{address}"
 [ttrpc]
@@ -115,6 +157,27 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 "#,
             d = d.display()
         );
+        if cri {
+            config.push_str(&format!(
+                r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  restrict_oom_score_adj = true
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/conf"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "wedge"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wedge]
+      runtime_type = "io.containerd.wedge.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.dropin]
+      runtime_type = "io.containerd.runc.v2"
+"#,
+                d = d.display()
+            ));
+        }
         std::fs::write(d.join("config.toml"), config).unwrap();
         let containerd = spawn_containerd(d);
         let ns = format!(
@@ -132,6 +195,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         };
         env.wait_ready();
         let tar = image_tar();
+        if cri {
+            let pause = pause_tar();
+            for t in [&tar, &pause] {
+                let out = env.ctr(&["-n", "k8s.io", "images", "import", t.to_str().unwrap()]);
+                assert!(out.status.success(), "import: {}", stderr(&out));
+            }
+        }
         let out = env.ctr(&["images", "import", tar.to_str().unwrap()]);
         assert!(
             out.status.success(),
@@ -377,6 +447,15 @@ impl Drop for Env {
             .status();
         for id in self.ids.lock().unwrap().iter() {
             let _ = std::fs::remove_file(wedge::manager::socket_path(&self.address, &self.ns, id));
+        }
+        // Sockets of shims killed above (any namespace, e.g. k8s.io or moby).
+        let tasks = self.dir.path().join("state/io.containerd.runtime.v2.task");
+        for ns in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            for b in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                if let Ok(a) = std::fs::read_to_string(b.path().join("address")) {
+                    let _ = std::fs::remove_file(a.trim().trim_start_matches("unix://"));
+                }
+            }
         }
         for h in cgroup_hierarchies() {
             let d = h.join(&self.ns);

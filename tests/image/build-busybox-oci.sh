@@ -3,7 +3,7 @@
 # registry: `ctr images import` reads it directly. With DOCKER_OUT=FILE it
 # also writes the same image as a `docker save` archive (what Docker 20.10's
 # `docker load` reads).
-#   build-busybox-oci.sh OUT.tar [IMAGE_NAME]
+#   [IMAGE_CMD='["/bin/sleep","2147483647"]'] build-busybox-oci.sh OUT.tar [IMAGE_NAME]
 set -euo pipefail
 out=${1:?usage: build-busybox-oci.sh OUT.tar [IMAGE_NAME]}
 name=${2:-docker.io/library/wedge-busybox:latest}
@@ -32,8 +32,10 @@ layer_digest=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
 layer_size=$(stat -c %s "$work/layer.tar")
 mv "$work/layer.tar" "$blobs/$layer_digest"
 
-printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-  "$layer_digest" >"$work/config.json"
+# IMAGE_CMD (a JSON array) overrides the default command, e.g. for a pod's
+# sandbox ("pause") image that must keep running.
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+  "${IMAGE_CMD:-[\"sh\"]}" "$layer_digest" >"$work/config.json"
 config_digest=$(sha256sum "$work/config.json" | cut -d' ' -f1)
 config_size=$(stat -c %s "$work/config.json")
 mv "$work/config.json" "$blobs/$config_digest"
