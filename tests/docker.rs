@@ -1,7 +1,9 @@
-//! Docker 20.10 (Debian's docker.io) on Wedge installed as the drop-in
-//! `containerd-shim-runc-v2`: dockerd runs against the test's private
-//! containerd (own data-root, exec-root, socket, cgroup parent; no bridge, no
-//! iptables) and uses `io.containerd.runc.v2`, which resolves to Wedge.
+//! Docker on Wedge. Docker 20.10 (Debian 12's docker.io) always uses
+//! `io.containerd.runc.v2`: Wedge is installed as the drop-in
+//! `containerd-shim-runc-v2`. Docker 28 (Debian sid's, unpacked privately)
+//! selects Wedge by name with `--runtime io.containerd.wedge.v2`. dockerd runs
+//! against the test's private containerd (own data-root, exec-root, socket,
+//! cgroup parent; no bridge, no iptables).
 
 mod common;
 
@@ -18,9 +20,30 @@ struct Docker {
     cgroup_parent: String,
 }
 
+/// Debian sid's dockerd 28, unpacked by `scripts/fetch-debian sid docker.io`
+/// (path in `WEDGE_DOCKERD`).
+fn dockerd_28() -> PathBuf {
+    let p = std::env::var_os("WEDGE_DOCKERD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/e2e/docker.io-sid/usr/sbin/dockerd")
+        });
+    assert!(
+        p.exists(),
+        "{p:?} missing: run scripts/fetch-debian sid docker.io"
+    );
+    p
+}
+
 impl Docker {
+    /// Debian 12's dockerd with Wedge as the drop-in `containerd-shim-runc-v2`.
     fn start() -> Docker {
-        let env = Env::start(Install::DropIn);
+        Docker::start_with(std::path::Path::new("/usr/sbin/dockerd"), Install::DropIn)
+    }
+
+    fn start_with(dockerd_bin: &std::path::Path, install: Install) -> Docker {
+        let env = Env::start(install);
         let d = env.dir.path();
         let sock = d.join("docker.sock").display().to_string();
         let cgroup_parent = format!("/{}-docker", env.ns);
@@ -30,7 +53,7 @@ impl Docker {
             d.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let dockerd = Command::new("/usr/sbin/dockerd")
+        let dockerd = Command::new(dockerd_bin)
             .arg(format!("--containerd={}", env.address))
             .arg(format!("--data-root={}", d.join("docker").display()))
             .arg(format!("--exec-root={}", d.join("exec").display()))
@@ -305,4 +328,53 @@ fn docker_containers_survive_a_containerd_restart() {
     assert!(dk.docker(&["kill", "live"]).status.success());
     assert_eq!(stdout(&dk.docker(&["wait", "live"])).trim(), "137");
     assert!(dk.docker(&["rm", "live"]).status.success());
+}
+
+#[test]
+fn newer_docker_selects_wedge_by_runtime_name() {
+    // dockerd 28 with Wedge installed only as containerd-shim-wedge-v2.
+    let dk = Docker::start_with(&dockerd_28(), Install::Wedge);
+    let version = stdout(&dk.docker(&["version", "--format", "{{.Server.Version}}"]));
+    assert!(version.starts_with("28."), "{version}");
+    let out = dk.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        WEDGE_RUNTIME,
+        IMG,
+        "sh",
+        "-c",
+        "echo on wedge; exit 6",
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "on wedge\n");
+    let out = dk.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "w1",
+        "--runtime",
+        WEDGE_RUNTIME,
+        IMG,
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shims = dk.shims();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", shims[0].0)).unwrap();
+    assert_eq!(exe, dk.env.dir.path().join("bin/containerd-shim-wedge-v2"));
+    let out = dk.docker(&["exec", "w1", "sh", "-c", "echo exec; exit 2"]);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(2), "exec\n")
+    );
+    assert!(dk.docker(&["kill", "w1"]).status.success());
+    assert_eq!(stdout(&dk.docker(&["wait", "w1"])).trim(), "137");
+    assert!(dk.docker(&["rm", "w1"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !dk.shims().is_empty() {
+        assert!(Instant::now() < deadline, "shims left: {:?}", dk.shims());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

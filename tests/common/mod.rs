@@ -52,7 +52,7 @@ pub struct Env {
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// containerd and ctr to test against: `$WEDGE_CONTAINERD_DIR/{containerd,ctr}`
-/// when set (a newer containerd unpacked by `scripts/fetch-containerd`),
+/// when set (a newer containerd unpacked by `scripts/fetch-debian`),
 /// otherwise the system's.
 pub fn containerd_bin(name: &str) -> PathBuf {
     match std::env::var_os("WEDGE_CONTAINERD_DIR") {
