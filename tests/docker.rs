@@ -146,29 +146,6 @@ impl Drop for Docker {
     }
 }
 
-/// The busybox image as a `docker save` archive.
-fn docker_image_tar() -> PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e");
-    let docker = dir.join("busybox-docker.tar");
-    if !docker.exists() {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/image/build-busybox-oci.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg(dir.join("busybox-oci-for-docker.tar"))
-            .arg(IMAGE)
-            .env("DOCKER_OUT", &docker)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    docker
-}
-
 const IMG: &str = "wedge-busybox:latest";
 
 #[test]

@@ -177,21 +177,13 @@ fn a_stalled_output_reader_does_not_block_the_container() {
 #[test]
 fn a_slow_logger_gets_every_byte_of_a_100_mb_burst() {
     let env = Env::start(I);
-    let dir = env.dir.path().join("slow");
-    std::fs::create_dir(&dir).unwrap();
-    let logger = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/loggers/slow.sh");
-    let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
-    let out = env.run(
+    let dir = run_with_logger(
+        &env,
         "burst",
-        &["--rm", "--log-uri", &uri],
+        "slow.sh",
         &["sh", "-c", "dd if=/dev/zero bs=1M count=100 2>/dev/null"],
+        Duration::from_secs(120),
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !dir.join("finished").exists() {
-        assert!(Instant::now() < deadline, "logger did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert_eq!(
         std::fs::metadata(dir.join("stdout")).unwrap().len(),
         100 << 20
@@ -203,18 +195,11 @@ fn a_slow_logger_gets_every_byte_of_a_100_mb_burst() {
 fn missing_and_hanging_runtimes_get_clear_errors() {
     // ctr passes --runc-binary only to io.containerd.runc.v2: Wedge as drop-in.
     let env = Env::start(Install::DropIn);
-    env.track("nort");
-    let out = env.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        env.install.runtime(),
-        "--runc-binary",
-        "/nonexistent/runc",
-        IMAGE,
+    let out = env.run(
         "nort",
-        "true",
-    ]);
+        &["--rm", "--runc-binary", "/nonexistent/runc"],
+        &["true"],
+    );
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("/nonexistent/runc"),

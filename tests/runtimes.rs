@@ -13,8 +13,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
 /// youki, built by scripts/build-youki (path in `WEDGE_YOUKI`).
@@ -61,7 +59,6 @@ fn youki_runs_containers_under_wedge() {
     env.wait_status("y2", "PAUSED");
     assert!(env.ctr(&["task", "resume", "y2"]).status.success());
     env.wait_status("y2", "RUNNING");
-    std::thread::sleep(Duration::from_millis(100));
     env.finish("y2");
     assert_eq!(env.ctr(&["task", "ls", "-q"]).stdout, b"");
     env.assert_clean();
@@ -70,20 +67,11 @@ fn youki_runs_containers_under_wedge() {
 #[test]
 fn crun_is_driven_and_its_refusal_is_reported_cleanly() {
     let env = Env::start(Install::DropIn);
-    env.track("cr");
-    let out = env.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        env.install.runtime(),
-        "--runc-binary",
-        "/usr/bin/crun",
-        IMAGE,
+    let out = env.run(
         "cr",
-        "sh",
-        "-c",
-        "echo hello from crun",
-    ]);
+        &["--rm", "--runc-binary", "/usr/bin/crun"],
+        &["sh", "-c", "echo hello from crun"],
+    );
     let err = stderr(&out);
     if out.status.success() {
         // A crun that supports this cgroup layout: it just works.

@@ -421,21 +421,13 @@ fn closeio_ends_cat_in_init() {
 #[test]
 fn binary_logger_gets_exact_bytes_and_only_its_env() {
     let env = Env::start(I);
-    let dir = env.dir.path().join("logger-out");
-    std::fs::create_dir(&dir).unwrap();
-    let logger = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/loggers/record.sh");
-    let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
-    let out = env.run(
+    let dir = run_with_logger(
+        &env,
         "lg",
-        &["--rm", "--log-uri", &uri],
+        "record.sh",
         &["sh", "-c", "seq 1 100000; seq 1 2000 | sed s/^/e/ >&2"],
+        Duration::from_secs(10),
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !dir.join("finished").exists() {
-        assert!(Instant::now() < deadline, "logger did not finish");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let want_out: String = (1..=100000).map(|i| format!("{i}\n")).collect();
     let want_err: String = (1..=2000).map(|i| format!("e{i}\n")).collect();
     assert!(

@@ -65,15 +65,20 @@ fn wedge_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-wedge-v2"))
 }
 
-/// Builds (once) and returns the busybox OCI archive.
-pub fn image_tar() -> PathBuf {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e/busybox-oci.tar");
-    if !target.exists() {
+/// Builds (once) an image archive `target/e2e/<file>` named `name`, with
+/// extra environment for the build script (IMAGE_CMD, DOCKER_OUT), and
+/// returns its path. `made` is the file whose existence means "built".
+pub fn build_image(file: &str, name: &str, env: &[(&str, &str)], made: &Path) -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/e2e")
+        .join(file);
+    if !made.exists() {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/image/build-busybox-oci.sh");
         let out = Command::new("bash")
             .arg(script)
             .arg(&target)
-            .arg(IMAGE)
+            .arg(name)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         assert!(
@@ -85,25 +90,59 @@ pub fn image_tar() -> PathBuf {
     target
 }
 
-/// Builds (once) and returns the pause image archive.
+fn e2e_path(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/e2e")
+        .join(file)
+}
+
+/// The busybox OCI archive.
+pub fn image_tar() -> PathBuf {
+    build_image("busybox-oci.tar", IMAGE, &[], &e2e_path("busybox-oci.tar"))
+}
+
+/// The pod sandbox ("pause") image archive: busybox that sleeps forever.
 pub fn pause_tar() -> PathBuf {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e/pause-oci.tar");
-    if !target.exists() {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/image/build-busybox-oci.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg(&target)
-            .arg(PAUSE_IMAGE)
-            .env("IMAGE_CMD", r#"["/bin/sleep","2147483647"]"#)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pause image build failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let cmd = [("IMAGE_CMD", r#"["/bin/sleep","2147483647"]"#)];
+    build_image(
+        "pause-oci.tar",
+        PAUSE_IMAGE,
+        &cmd,
+        &e2e_path("pause-oci.tar"),
+    )
+}
+
+/// The busybox image as a `docker save` archive (for Docker 20.10's `load`).
+pub fn docker_image_tar() -> PathBuf {
+    let docker = e2e_path("busybox-docker.tar");
+    let out = docker.display().to_string();
+    build_image(
+        "busybox-oci-for-docker.tar",
+        IMAGE,
+        &[("DOCKER_OUT", &out)],
+        &docker,
+    );
+    docker
+}
+
+/// Runs `cmd` in container `id` with output to the `binary://` logger
+/// `tests/loggers/<script>` (which writes into a fresh folder), waits until
+/// the logger has finished, and returns that folder.
+pub fn run_with_logger(env: &Env, id: &str, script: &str, cmd: &[&str], wait: Duration) -> PathBuf {
+    let dir = env.dir.path().join(format!("logger-{id}"));
+    std::fs::create_dir(&dir).unwrap();
+    let logger = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/loggers")
+        .join(script);
+    let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
+    let out = env.run(id, &["--rm", "--log-uri", &uri], cmd);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + wait;
+    while !dir.join("finished").exists() {
+        assert!(Instant::now() < deadline, "logger did not finish");
+        std::thread::sleep(Duration::from_millis(50));
     }
-    target
+    dir
 }
 
 impl Env {
