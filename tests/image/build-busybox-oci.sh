@@ -60,11 +60,11 @@ if [ -n "${DOCKER_OUT:-}" ]; then
   printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}]' \
     "$config_digest" "$tag" "$layer_digest" >"$d/manifest.json"
   mkdir -p "$(dirname "$DOCKER_OUT")"
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$d" -cf "$DOCKER_OUT.tmp" .
-  mv "$DOCKER_OUT.tmp" "$DOCKER_OUT"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$d" -cf "$DOCKER_OUT.tmp.$$" .
+  mv "$DOCKER_OUT.tmp.$$" "$DOCKER_OUT"
 fi
 
 mkdir -p "$(dirname "$out")"
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/oci" -cf "$out.tmp" .
-mv "$out.tmp" "$out"
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/oci" -cf "$out.tmp.$$" .
+mv "$out.tmp.$$" "$out"
 echo "$out"
