@@ -10,6 +10,7 @@ Usage: bench/bench.py [--quick] [--out FILE]
 """
 import argparse
 import json
+import shlex
 import os
 import shutil
 import statistics
@@ -170,26 +171,48 @@ def bench_exec_latency(cd, shim, cid, i):
     return timed(lambda: cd.ctr("task", "exec", "--exec-id", f"x{i}", cid, "/bin/true"))
 
 
+def counted_run(cmd):
+    """Runs `cmd | wc -c`; returns (seconds, bytes the client received)."""
+    line = "set -o pipefail; " + " ".join(shlex.quote(c) for c in cmd) + " 2>/dev/null | wc -c"
+    t = time.perf_counter()
+    out = subprocess.run(["bash", "-c", line], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t, int(out.stdout.split()[0])
+
+
 def bench_fifo(cd, shim, mib, i):
+    """1 run of `mib` MiB through the stdout FIFO; every byte is counted."""
     cid = f"fifo-{shim}-{i}"
     cmd = ["ctr", "-a", cd.sock, "-n", cd.ns, "run", "--rm", "--runtime", SHIMS[shim], IMAGE, cid,
            "dd", "if=/dev/zero", "bs=1M", f"count={mib}"]
-    return timed(lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        stdin=subprocess.DEVNULL, check=True))
+    secs, n = counted_run(cmd)
+    if n != mib << 20:
+        print(f"warning: {shim} FIFO run {i} delivered {n} of {mib << 20} bytes", file=sys.stderr)
+    return {"s": secs, "bytes": n, "complete": n == mib << 20}
+
+
+def bench_burst(cd, shim, i):
+    """A 1 MiB burst right before the exit: did the client get all of it?"""
+    cid = f"burst-{shim}-{i}"
+    cmd = ["ctr", "-a", cd.sock, "-n", cd.ns, "run", "--rm", "--runtime", SHIMS[shim], IMAGE, cid,
+           "sh", "-c", "sleep 0.2; head -c 1048576 /dev/zero | tr '\\0' x"]
+    _, n = counted_run(cmd)
+    return {"bytes": n, "complete": n == 1 << 20}
 
 
 def bench_file(cd, shim, mib, i):
+    """1 run of `mib` MiB into a file:// log on tmpfs; the file's size is checked."""
     cid = f"file-{shim}-{i}"
     path = f"/dev/shm/wedge-bench-{shim}-{i}.log"
     try:
-        return timed(lambda: cd.ctr("run", "--rm", "--runtime", SHIMS[shim], "--log-uri", f"file://{path}",
+        secs = timed(lambda: cd.ctr("run", "--rm", "--runtime", SHIMS[shim], "--log-uri", f"file://{path}",
                                     IMAGE, cid, "sh", "-c", f"dd if=/dev/zero bs=1M count={mib} 2>/dev/null"))
-    finally:
         size = os.path.getsize(path) if os.path.exists(path) else 0
-        if size != mib << 20:
-            print(f"warning: {shim} file log has {size} bytes", file=sys.stderr)
+    finally:
         if os.path.exists(path):
             os.unlink(path)
+    if size != mib << 20:
+        print(f"warning: {shim} file log run {i} has {size} of {mib << 20} bytes", file=sys.stderr)
+    return {"s": secs, "bytes": size, "complete": size == mib << 20}
 
 
 def bench_limit(mib):
@@ -271,6 +294,11 @@ def main():
         if os.path.exists("/dev/shm/wedge-bench-limit"):
             os.unlink("/dev/shm/wedge-bench-limit")
         for shim in order:
+            raw[f"burst-{shim}"] = []
+        for i in range(10 if a.quick else 50):
+            for shim in (order if i % 2 == 0 else order[::-1]):
+                raw[f"burst-{shim}"].append(bench_burst(cd, shim, i))
+        for shim in order:
             raw[f"churn-{shim}"] = []
         for r in range(3 if not a.quick else 1):
             for shim in (order if r % 2 == 0 else order[::-1]):
@@ -303,9 +331,25 @@ def table(raw, mib, churn_n):
         raw[f"growth-{shim}"] = eg["after"] / eg["before"]
     row(f"RSS after {raw['exec-growth-wedge']['execs']} execs / before", raw["growth-wedge"], raw["growth-go"], "x")
     limit = med(raw["limit"])
-    row(f"{mib} MiB stdout → FIFO → client", med(raw["fifo-wedge"]), med(raw["fifo-go"]), "s")
-    row(f"{mib} MiB stdout → file:// on tmpfs", med(raw["file-wedge"]), med(raw["file-go"]), "s")
-    rows.append(f"| limit: `dd \\| cat > /dev/shm` | {limit:.2f} s | | file/limit: Wedge {med(raw['file-wedge']) / limit:.2f}, Go {med(raw['file-go']) / limit:.2f} |")
+
+    def complete_med(key):
+        """Median seconds over the runs that delivered every byte."""
+        ok = [r["s"] for r in raw[key] if r["complete"]]
+        return med(ok) if ok else float("nan")
+
+    def short(key):
+        return sum(not r["complete"] for r in raw[key])
+
+    for key, what in (("fifo", "stdout → FIFO → client"), ("file", "stdout → file:// on tmpfs")):
+        w, g = complete_med(f"{key}-wedge"), complete_med(f"{key}-go")
+        note = ""
+        if short(f"{key}-wedge") or short(f"{key}-go"):
+            note = f" (short runs excluded: Wedge {short(f'{key}-wedge')}, Go {short(f'{key}-go')} of {len(raw[f'{key}-go'])})"
+        row(f"{mib} MiB {what}{note}", w, g, "s")
+    rows.append(f"| limit: `dd \\| cat > /dev/shm` | {limit:.2f} s | | file/limit: Wedge {complete_med('file-wedge') / limit:.2f}, Go {complete_med('file-go') / limit:.2f} |")
+    bw, bg = raw["burst-wedge"], raw["burst-go"]
+    rows.append(f"| 1 MiB burst just before exit, runs byte-exact | {len(bw) - short('burst-wedge')} of {len(bw)} | "
+                f"{len(bg) - short('burst-go')} of {len(bg)} | |")
     row(f"churn: {churn_n} containers, 4 at a time", med(raw["churn-wedge"]), med(raw["churn-go"]), "/s")
     head = [f"Run {raw['date']} on {raw['machine']}{' (quick)' if raw['quick'] else ''}; medians.", "",
             "| measure | Wedge | Go shim | Wedge/Go |", "|---|---|---|---|"]

@@ -14,6 +14,7 @@ use crate::options::Options;
 use crate::process::Process;
 use crate::runtime::{ProcessStdio, Runtime};
 use crate::stdio::console::ConsoleSocket;
+use crate::stdio::SpillPolicy;
 
 /// A checkpoint a container is created from (restored at Start).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,8 @@ pub struct Container {
     pub kill_all_on_exit: bool,
     /// The checkpoint to restore at Start, if created from one.
     pub checkpoint: Option<Checkpoint>,
+    /// Where and how much its processes' output spills.
+    pub spill: SpillPolicy,
     /// The init process.
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
@@ -74,6 +77,7 @@ impl Container {
         options: Options,
         kill_all_on_exit: bool,
         checkpoint: Option<Checkpoint>,
+        spill: SpillPolicy,
         init: Arc<Process>,
     ) -> Arc<Self> {
         Arc::new(Container {
@@ -84,6 +88,7 @@ impl Container {
             options,
             kill_all_on_exit,
             checkpoint,
+            spill,
             init,
             execs: Mutex::new(HashMap::new()),
             cgroup: Mutex::new(None),
@@ -128,10 +133,13 @@ impl Container {
         if pid == 0 {
             return None;
         }
-        if self.init.pid() == pid {
+        if self.init.pid() == pid && !self.init.is_reaped() {
             return Some(self.init.clone());
         }
-        lock(&self.execs).values().find(|p| p.pid() == pid).cloned()
+        lock(&self.execs)
+            .values()
+            .find(|p| p.pid() == pid && !p.is_reaped())
+            .cloned()
     }
 
     /// The container's cgroup, loaded from init's pid on first use.
@@ -163,23 +171,49 @@ impl Container {
     }
 }
 
-/// Whether init's exit must be followed by `kill --all`: true unless the spec
-/// gives the container its own new pid namespace (a `pid` entry with no path).
-pub fn should_kill_all_on_exit(config_json: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(config_json) else {
-        return true;
-    };
-    let Some(nss) = v.pointer("/linux/namespaces").and_then(|n| n.as_array()) else {
-        return true;
-    };
-    !nss.iter().any(|ns| {
-        ns.get("type").and_then(|t| t.as_str()) == Some("pid")
-            && ns
-                .get("path")
-                .and_then(|p| p.as_str())
-                .unwrap_or("")
-                .is_empty()
-    })
+/// Annotation that sets the cap of each output stream's spill (bytes, or
+/// with a k/M/G suffix; 0 turns the spill off).
+pub const SPILL_ANNOTATION: &str = "wedge.output-spill-max";
+
+/// What the shim takes from the bundle's `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecFacts {
+    /// Whether init's exit must be followed by `kill --all`: true unless the
+    /// spec gives the container its own new pid namespace (a `pid` entry
+    /// with no path).
+    pub kill_all_on_exit: bool,
+    /// The spill cap the spec's annotation asks for.
+    pub spill_max: Option<u64>,
+}
+
+impl SpecFacts {
+    /// Reads the facts from `config.json`'s text (unreadable: the cautious
+    /// defaults).
+    pub fn parse(config_json: &str) -> SpecFacts {
+        let v = serde_json::from_str::<serde_json::Value>(config_json).unwrap_or_default();
+        let own_pid_ns = v
+            .pointer("/linux/namespaces")
+            .and_then(|n| n.as_array())
+            .is_some_and(|nss| {
+                nss.iter().any(|ns| {
+                    ns.get("type").and_then(|t| t.as_str()) == Some("pid")
+                        && ns
+                            .get("path")
+                            .and_then(|p| p.as_str())
+                            .unwrap_or("")
+                            .is_empty()
+                })
+            });
+        let spill_max = v
+            .pointer("/annotations")
+            .and_then(|a| a.get(SPILL_ANNOTATION))
+            .and_then(|x| x.as_str())
+            .and_then(crate::stdio::spill::parse_size);
+        SpecFacts {
+            kill_all_on_exit: !own_pid_ns,
+            spill_max,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -188,15 +222,21 @@ mod tests {
 
     #[test]
     fn kill_all_decision_follows_the_pid_namespace() {
-        assert!(!should_kill_all_on_exit(
+        let kill_all = |s: &str| SpecFacts::parse(s).kill_all_on_exit;
+        assert!(!kill_all(
             r#"{"linux":{"namespaces":[{"type":"mount"},{"type":"pid"}]}}"#
         ));
-        assert!(should_kill_all_on_exit(
+        assert!(kill_all(
             r#"{"linux":{"namespaces":[{"type":"pid","path":"/proc/1/ns/pid"}]}}"#
         ));
-        assert!(should_kill_all_on_exit(
-            r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#
-        ));
-        assert!(should_kill_all_on_exit("not json"));
+        assert!(kill_all(r#"{"linux":{"namespaces":[{"type":"mount"}]}}"#));
+        assert!(kill_all("not json"));
+    }
+
+    #[test]
+    fn spill_cap_from_the_annotation() {
+        let facts = SpecFacts::parse(r#"{"annotations":{"wedge.output-spill-max":"1M"}}"#);
+        assert_eq!(facts.spill_max, Some(1 << 20));
+        assert_eq!(SpecFacts::parse("{}").spill_max, None);
     }
 }

@@ -49,6 +49,9 @@ pub struct Options {
     pub criu_path: String,
     /// cgroup the shim itself moves into (only read by `start`).
     pub shim_cgroup: String,
+    /// Cap of each output stream's spill (`OutputSpillMax` in a CRI
+    /// options file); `None` means the default.
+    pub output_spill_max: Option<u64>,
 }
 
 /// Default runtime state root.
@@ -104,6 +107,7 @@ impl Options {
                     io_gid: o.io_gid,
                     criu_path,
                     shim_cgroup: o.shim_cgroup,
+                    output_spill_max: None,
                 })
             }
             "runtimeoptions.v1.Options"
@@ -143,6 +147,7 @@ impl Options {
                 "NoNewKeyring" => o.no_new_keyring = v == "true",
                 "IoUid" => o.io_uid = v.parse().unwrap_or(0),
                 "IoGid" => o.io_gid = v.parse().unwrap_or(0),
+                "OutputSpillMax" => o.output_spill_max = crate::stdio::spill::parse_size(&s),
                 _ => {}
             }
         }
@@ -183,6 +188,7 @@ impl Options {
             io_gid: n("IoGid"),
             criu_path: st("CriuPath"),
             shim_cgroup: st("ShimCgroup"),
+            output_spill_max: None,
         }
     }
 
@@ -287,6 +293,8 @@ mod tests {
         let got = Options::decode("runtimeoptions.v1.Options", &v).unwrap();
         assert_eq!(got.binary_name, "/opt/runc");
         assert!(got.systemd_cgroup);
+        let got = Options::from_toml("OutputSpillMax = \"8M\"\n");
+        assert_eq!(got.output_spill_max, Some(8 << 20));
     }
 
     #[test]

@@ -276,3 +276,314 @@ fn cri_pods_run_on_wedge_through_both_runtime_handlers() {
     // The runtime's state dir for the k8s.io namespace, if now empty.
     let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
 }
+
+/// The content of a CRI log file's stdout lines (the kubelet's format:
+/// `<time> <stream> <P|F> <text>`; `P` lines continue into the next one).
+fn cri_log_stdout(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut f = line.splitn(4, ' ');
+        let (_, stream, tag, body) = (f.next(), f.next(), f.next(), f.next().unwrap_or(""));
+        if stream != Some("stdout") {
+            continue;
+        }
+        out.push_str(body);
+        if tag == Some("F") {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+async fn start_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    env: &Env,
+    name: &str,
+) -> (String, PodSandboxConfig) {
+    let cfg = pod_config(env, name);
+    std::fs::create_dir_all(&cfg.log_directory).unwrap();
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: "wedge".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    (pod, cfg)
+}
+
+async fn start_container(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    cfg: &PodSandboxConfig,
+    name: &str,
+    script: &str,
+) -> String {
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(container_config(name, script)),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    id
+}
+
+async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, env: &Env, pod: &str) {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !shims_in_k8s_ns(env).is_empty() {
+        assert!(Instant::now() < deadline, "pod shim still running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if st.state == ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "{id} did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Numbered lines at full speed right up to the exit: the CRI log has every
+/// one. ExecSync returns a 1 MiB output whole, every time.
+#[test]
+fn cri_log_and_exec_sync_output_are_complete() {
+    const N: u64 = 200_000;
+    const BURST: usize = 1 << 20;
+    let env = Env::start_with(Install::Wedge, true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        let (pod, cfg) = start_pod(&mut rt, &env, "pod-out").await;
+        let writer = start_container(
+            &mut rt,
+            &pod,
+            &cfg,
+            "writer",
+            &format!("i=0; while [ $i -lt {N} ]; do i=$((i+1)); echo $i; done"),
+        )
+        .await;
+        let st = wait_exited(&mut rt, &writer).await;
+        assert_eq!(st.exit_code, 0);
+        let want: String = (1..=N).map(|i| format!("{i}\n")).collect();
+        let got = cri_log_stdout(&std::path::Path::new(&cfg.log_directory).join("writer.log"));
+        assert!(
+            got == want,
+            "CRI log has {} bytes of numbered lines, want {}",
+            got.len(),
+            want.len()
+        );
+
+        let host = start_container(&mut rt, &pod, &cfg, "host", "sleep 600").await;
+        for i in 0..10 {
+            let r = rt
+                .exec_sync(ExecSyncRequest {
+                    container_id: host.clone(),
+                    cmd: vec![
+                        "sh".into(),
+                        "-c".into(),
+                        format!("head -c {BURST} /dev/zero | tr '\\0' x"),
+                    ],
+                    timeout: 30,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.exit_code, 0);
+            assert_eq!(r.stdout.len(), BURST, "ExecSync run {i}");
+        }
+        remove_pod(&mut rt, &env, &pod).await;
+    });
+    cleanup_cgroups(&env);
+    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
+}
+
+/// Prints numbered lines `"<n> <unix second>"` at roughly 1 MB/s, forever;
+/// the second comes from a ticker inside the container, so the lines show
+/// the container's own write rate whatever happens to their readers.
+const NUMBERED_AT_1MBPS: &str = "date +%s > /tmp/t; \
+(while :; do date +%s > /tmp/t.n; mv /tmp/t.n /tmp/t; sleep 0.2; done) & \
+i=0; while :; do read t < /tmp/t; j=0; \
+while [ $j -lt 500 ]; do i=$((i+1)); j=$((j+1)); echo \"$i $t\"; done; sleep 0.005; done";
+
+/// Parses `"<n> <second>"` lines; a trailing partial line is ignored.
+fn numbered_lines(text: &str) -> Vec<(u64, u64)> {
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
+        .lines()
+        .map(|l| {
+            let (n, t) = l
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            (n.parse().unwrap(), t.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Asserts lines 1..=k in order, each once, and a line in every second
+/// between `from` and `to` (the writer never stopped).
+fn assert_consecutive_and_never_stalled(what: &str, lines: &[(u64, u64)], from: u64, to: u64) {
+    assert!(!lines.is_empty(), "{what}: no lines");
+    if let Some(i) = (0..lines.len()).find(|&i| lines[i].0 != i as u64 + 1) {
+        panic!(
+            "{what}: line {} is {:?} (after {:?})",
+            i + 1,
+            lines[i],
+            lines.get(i.wrapping_sub(1))
+        );
+    }
+    let seconds: std::collections::BTreeSet<u64> = lines.iter().map(|l| l.1).collect();
+    let gaps: Vec<u64> = (from..=to).filter(|s| !seconds.contains(s)).collect();
+    assert!(
+        gaps.is_empty(),
+        "{what}: the writer wrote nothing in seconds {gaps:?}"
+    );
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Collects a child's stdout in a thread.
+fn collect_stdout(child: &mut std::process::Child) -> std::thread::JoinHandle<String> {
+    use std::io::Read;
+    let mut out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    })
+}
+
+/// containerd is SIGKILLed for 30 s while two containers write numbered
+/// lines at ~1 MB/s: one into a CRI log, one to a `ctr task attach` client
+/// that dies and is started again. Nothing blocks the writers (a line in
+/// every second), and once containerd is back every line arrives, in order.
+#[test]
+fn no_line_is_lost_while_containerd_is_down_for_30_s() {
+    use std::process::Stdio;
+    let mut env = Env::start_with(Install::Wedge, true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (pod, cfg, started) = rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        let (pod, cfg) = start_pod(&mut rt, &env, "pod-down").await;
+        let started = unix_now();
+        start_container(&mut rt, &pod, &cfg, "chatty", NUMBERED_AT_1MBPS).await;
+        (pod, cfg, started)
+    });
+    let out = env.run("fifo-chatty", &["-d"], &["sh", "-c", NUMBERED_AT_1MBPS]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut client1 = env
+        .ctr_cmd(&["task", "attach", "fifo-chatty"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let got1 = collect_stdout(&mut client1);
+    std::thread::sleep(Duration::from_secs(3));
+    // Take the first client away with nothing in flight: freeze the writer,
+    // let the client read everything, then kill it.
+    assert!(env.ctr(&["task", "pause", "fifo-chatty"]).status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = client1.kill();
+    let _ = client1.wait();
+    let got1 = got1.join().unwrap();
+    assert!(env.ctr(&["task", "resume", "fifo-chatty"]).status.success());
+
+    let down = unix_now();
+    env.kill_containerd();
+    std::thread::sleep(Duration::from_secs(30));
+    env.start_containerd();
+    let up = unix_now();
+
+    let mut client2 = env
+        .ctr_cmd(&["task", "attach", "fifo-chatty"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let got2 = collect_stdout(&mut client2);
+    // Both readers catch up with the live output.
+    let log = std::path::Path::new(&cfg.log_directory).join("chatty.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = numbered_lines(&cri_log_stdout(&log));
+        if lines.last().is_some_and(|l| l.1 >= up + 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CRI log did not catch up: last line {:?}",
+            lines.last()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = client2.kill();
+    let _ = client2.wait();
+    let got2 = got2.join().unwrap();
+
+    let cri = numbered_lines(&cri_log_stdout(&log));
+    assert_consecutive_and_never_stalled("CRI log", &cri, started + 1, up + 2);
+    let mut fifo = got1.clone();
+    fifo.push_str(&got2);
+    let fifo = numbered_lines(&fifo);
+    assert_consecutive_and_never_stalled("ctr attach clients", &fifo, down, up + 2);
+    assert!(
+        got2.len() > 4 << 20,
+        "the restarted client got only {} bytes: nothing was held for it",
+        got2.len()
+    );
+
+    env.finish("fifo-chatty");
+    rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        remove_pod(&mut rt, &env, &pod).await;
+    });
+    cleanup_cgroups(&env);
+    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
+}

@@ -355,3 +355,40 @@ fn newer_docker_selects_wedge_by_runtime_name() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A 1 MiB burst right before the exit reaches `docker run --rm`'s attached
+/// stream and `docker logs`, byte for byte, every run.
+#[test]
+fn docker_gets_every_byte_of_a_burst_before_exit() {
+    const RUNS: usize = 20;
+    const BURST: usize = 1 << 20;
+    let dk = Docker::start();
+    let script = format!("sleep 0.2; head -c {BURST} /dev/zero | tr '\\0' x");
+    let mut attached = Vec::new();
+    let mut logged = Vec::new();
+    for i in 0..RUNS {
+        let out = dk.docker(&["run", "--rm", IMG, "sh", "-c", &script]);
+        assert!(out.status.success(), "run {i}: {}", stderr(&out));
+        attached.push(out.stdout.len());
+        let name = format!("burst{i}");
+        let out = dk.docker(&["run", "--name", &name, IMG, "sh", "-c", &script]);
+        assert!(out.status.success(), "run {i}: {}", stderr(&out));
+        let logs = dk.docker(&["logs", &name]);
+        assert!(logs.status.success(), "logs {i}: {}", stderr(&logs));
+        logged.push(logs.stdout.len());
+        assert!(dk.docker(&["rm", &name]).status.success());
+    }
+    let short = |v: &[usize]| -> Vec<(usize, usize)> {
+        v.iter()
+            .enumerate()
+            .filter(|(_, n)| **n != BURST)
+            .map(|(i, n)| (i, *n))
+            .collect()
+    };
+    assert!(
+        short(&attached).is_empty() && short(&logged).is_empty(),
+        "short runs (run, bytes): attached {:?}, docker logs {:?}",
+        short(&attached),
+        short(&logged)
+    );
+}

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::stdio::{ProcessIo, StdioSpec};
+use crate::stdio::{ProcessIo, StdioSpec, Undelivered};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,9 @@ pub struct Process {
     io: tokio::sync::Mutex<Option<ProcessIo>>,
     /// CloseIO arrived (possibly before the stdio existed).
     stdin_closed: AtomicBool,
+    /// The reaper collected it; its exit may not be reported yet (its output
+    /// is still being delivered), but its pid is no longer its own.
+    reaped: AtomicBool,
 }
 
 impl Process {
@@ -68,6 +71,7 @@ impl Process {
             exited: watch::channel(None).0,
             io: tokio::sync::Mutex::new(None),
             stdin_closed: AtomicBool::new(false),
+            reaped: AtomicBool::new(false),
         }
     }
 
@@ -97,6 +101,30 @@ impl Process {
         if st.exit.is_none() || status == Status::Deleted {
             st.status = status;
         }
+    }
+
+    /// Marks the process as reaped. Returns false if it already was.
+    pub fn mark_reaped(&self) -> bool {
+        !self.reaped.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the reaper has collected the process (its pid may be reused).
+    pub fn is_reaped(&self) -> bool {
+        self.reaped.load(Ordering::Acquire)
+    }
+
+    /// Waits until what the process wrote so far has been delivered, within
+    /// the given bounds.
+    pub async fn settle_output(
+        &self,
+        idle: std::time::Duration,
+        limit: std::time::Duration,
+    ) -> Result<(), Undelivered> {
+        let outlets = match self.io.lock().await.as_ref() {
+            Some(io) => io.outlets(),
+            None => return Ok(()),
+        };
+        crate::stdio::delivery::settle(&outlets, idle, limit).await
     }
 
     /// Records the exit and wakes every waiter. Returns false if an exit was

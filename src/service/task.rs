@@ -20,7 +20,7 @@ use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim::*;
 use tokio::sync::Notify;
 
-use crate::container::{should_kill_all_on_exit, Checkpoint, Container, PendingRestore};
+use crate::container::{Checkpoint, Container, PendingRestore, SpecFacts};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Event, Publisher};
 use crate::mount::{mount_all, unmount_all, MountSpec};
@@ -28,7 +28,7 @@ use crate::options::Options;
 use crate::process::{ExitInfo, Op, Process, Status};
 use crate::reaper::{Exit, Reaper, Subscription};
 use crate::runtime::{CreateOpts, RuntimeConfig, RuntimeError, RuntimeFactory};
-use crate::stdio::{Owner, Prepared, ProcessIo, StdioSpec};
+use crate::stdio::{delivery, Owner, Prepared, ProcessIo, SpillPolicy, StdioSpec};
 
 /// How long Delete waits for a process's output to drain.
 pub(crate) const IO_DRAIN: Duration = Duration::from_secs(2);
@@ -174,31 +174,44 @@ impl TaskService {
         }
     }
 
-    /// Records an exit and publishes it (after any OOM of the container).
+    /// Records an exit and publishes it: after the output the process
+    /// wrote has been delivered (bounded, see `stdio::delivery`), and after
+    /// any OOM of the container.
     pub(crate) async fn process_exited(&self, c: &Container, p: &Process, exit: Exit) {
         let _order = p.lifecycle.lock().await;
+        if p.state().exit.is_some() || !p.mark_reaped() {
+            return;
+        }
         let is_init = p.exec_id.is_empty();
         if is_init && c.kill_all_on_exit {
             if let Err(e) = c.runtime.kill(&c.id, 9, true).await {
                 crate::debug!("kill --all after init exit of {}: {e}", c.id);
             }
         }
-        if is_init {
-            self.report_oom(c);
-        }
         let info = ExitInfo {
             status: exit.status,
             at: exit.at,
         };
-        if p.state().exit.is_some() {
-            return;
-        }
         if is_init {
             // Durable before it is published: `shim delete` reports it even
             // if this shim dies before containerd hears of the exit.
             if let Err(e) = crate::exitfile::write(&c.bundle, &info) {
                 crate::warn!("record exit of {}: {e}", c.id);
             }
+        }
+        // Clients close their output readers when they see the exit: it
+        // waits for the output to be delivered.
+        if let Err(u) = p.settle_output(delivery::IDLE, delivery::LIMIT).await {
+            crate::warn!(
+                "{} {}: exit reported with {} bytes of output not taken by a reader after {:?}",
+                c.id,
+                p.exec_id,
+                u.pending,
+                u.waited
+            );
+        }
+        if is_init {
+            self.report_oom(c);
         }
         if !p.set_exited(info) {
             return;
@@ -234,13 +247,19 @@ impl TaskService {
             .ok_or_else(|| Error::NotFound("container not created".into()))
     }
 
-    pub(crate) fn owner<'a>(&'a self, id: &'a str, opts: &Options) -> Owner<'a> {
+    pub(crate) fn owner<'a>(
+        &'a self,
+        id: &'a str,
+        opts: &Options,
+        spill: &SpillPolicy,
+    ) -> Owner<'a> {
         Owner {
             namespace: &self.namespace,
             id,
             reaper: &self.reaper,
             uid: opts.io_uid,
             gid: opts.io_gid,
+            spill: spill.clone(),
         }
     }
 
@@ -350,7 +369,18 @@ impl TaskService {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let mut prepared = ProcessIo::prepare(&stdio, self.owner(&req.id, &opts))
+        let facts = std::fs::read_to_string(bundle.join("config.json"))
+            .map(|s| SpecFacts::parse(&s))
+            .unwrap_or(SpecFacts::parse(""));
+        let spill = SpillPolicy {
+            max: facts
+                .spill_max
+                .or(opts.output_spill_max)
+                .unwrap_or(crate::stdio::spill::DEFAULT_MAX),
+            label: req.id.clone(),
+            ..SpillPolicy::new(bundle.to_path_buf())
+        };
+        let mut prepared = ProcessIo::prepare(&stdio, self.owner(&req.id, &opts, &spill))
             .await
             .map_err(|e| undo(e.into()))?;
         let runtime = (self.factory)(RuntimeConfig {
@@ -360,9 +390,6 @@ impl TaskService {
             systemd_cgroup: opts.systemd_cgroup,
             criu: opts.criu_path.clone(),
         });
-        let kill_all = std::fs::read_to_string(bundle.join("config.json"))
-            .map(|s| should_kill_all_on_exit(&s))
-            .unwrap_or(true);
         let checkpoint = (!req.checkpoint.is_empty()).then(|| Checkpoint {
             image: PathBuf::from(&req.checkpoint),
             parent: (!req.parent_checkpoint.is_empty())
@@ -380,8 +407,9 @@ impl TaskService {
             mounted,
             runtime.clone(),
             opts.clone(),
-            kill_all,
+            facts.kill_all_on_exit,
             checkpoint,
+            spill,
             init.clone(),
         );
         if c.checkpoint.is_some() {
@@ -586,6 +614,10 @@ impl TaskService {
                 .kill(&c.id, req.signal, req.all)
                 .await
                 .map_err(kill_error);
+        }
+        if p.is_reaped() {
+            // Its exit is still being reported; the pid may be someone else's.
+            return Err(Error::NotFound("process already finished".into()));
         }
         match (st.status, p.pid()) {
             (Status::Stopped, _) => Err(Error::NotFound("process already finished".into())),

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::process::{Op, Process, Status};
 use crate::runtime::{CheckpointOpts, ExecOpts, RestoreOpts};
-use crate::stdio::{ProcessIo, StdioSpec};
+use crate::stdio::{ProcessIo, SpillPolicy, StdioSpec};
 
 /// Largest exec spec accepted (the ttrpc message limit bounds it anyway).
 const MAX_SPEC: usize = 1 << 20;
@@ -111,7 +111,18 @@ impl TaskService {
         crate::fsutil::write_private(&spec_file, &p.spec)?;
         let pid_file = c.bundle.join(format!("{}.pid", p.exec_id));
         let res = async {
-            let mut prepared = ProcessIo::prepare(&p.stdio, self.owner(&c.id, &c.options)).await?;
+            let mut prepared = ProcessIo::prepare(
+                &p.stdio,
+                self.owner(
+                    &c.id,
+                    &c.options,
+                    &SpillPolicy {
+                        label: format!("{}/{}", c.id, p.exec_id),
+                        ..c.spill.clone()
+                    },
+                ),
+            )
+            .await?;
             let opts = ExecOpts {
                 id: c.id.clone(),
                 process: spec_file.clone(),

@@ -5,20 +5,26 @@
 //! | URI | container side | shim side |
 //! |---|---|---|
 //! | all empty | `/dev/null` | nothing |
-//! | plain path to a FIFO | a pipe per stream | splice relay into the FIFO; the shim also keeps a reader open so a container never gets SIGPIPE when the client leaves |
+//! | plain path to a FIFO | a pipe per stream | splice relay into the FIFO, paced by its reader; a reader that takes nothing for a second sends the output to a bounded spill ([`spill`]) that is replayed when it reads again; the shim also keeps a reader open so a container never gets SIGPIPE when the client leaves |
 //! | plain path to a regular file | a pipe per stream | relay appending to the file |
 //! | `file:///path` | a pipe per stream | relay into the file (created 0644 with its directory) |
 //! | `binary:///path?k=v` | a pipe per stream | the pipes' read ends go to a logger process ([`logger`]) |
 //! | terminal | a pty (via [`console`]) | pty master → stdout destination; stdin → master; stderr unused |
 //! | other schemes | — | refused with a clear error |
 //!
+//! A process's exit is reported only once what it wrote has been delivered
+//! ([`delivery`]): each output relay counts what it moved, and the exit path
+//! waits (bounded) until the destination has it.
+//!
 //! stdin (a FIFO) is relayed into a pipe (or the pty); the shim holds a writer
 //! on the stdin FIFO (the CloseIO handle) so reads wait for data instead of
 //! seeing EOF before the client connects.
 
 pub mod console;
+pub mod delivery;
 pub mod logger;
 pub mod relay;
+pub mod spill;
 
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
@@ -34,8 +40,10 @@ use tokio::task::JoinHandle;
 use crate::reaper::Reaper;
 use crate::runtime::ProcessStdio;
 use console::ConsoleSocket;
+pub use delivery::{Outlet, Undelivered};
 use logger::Logger;
-use relay::{relay, Sink};
+use relay::{relay, relay_counted, Flow, Sink};
+pub use spill::SpillPolicy;
 
 /// Errors setting up stdio.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +215,7 @@ struct Dest {
 fn open_dest(
     target: &Target,
     shared: &mut Option<(PathBuf, OwnedFd)>,
+    spill: SpillPolicy,
 ) -> Result<Option<Dest>, StdioError> {
     let path = match target {
         Target::Null | Target::Binary(..) => return Ok(None),
@@ -218,7 +227,7 @@ fn open_dest(
         let keeper = open_fifo(path, false)?;
         let w = open_fifo(path, true)?;
         return Ok(Some(Dest {
-            sink: Sink::Output(w),
+            sink: Sink::Output(w, spill),
             keeper: Some(keeper),
         }));
     }
@@ -258,6 +267,8 @@ pub struct Owner<'a> {
     pub uid: u32,
     /// Group of the container ends of pipes.
     pub gid: u32,
+    /// Where output spills while a FIFO reader is stalled, and how much.
+    pub spill: SpillPolicy,
 }
 
 /// The shim side of a process's stdio: running relays, the stdin handle,
@@ -265,6 +276,7 @@ pub struct Owner<'a> {
 #[derive(Default)]
 pub struct ProcessIo {
     tasks: Vec<JoinHandle<()>>,
+    outlets: Vec<Arc<Outlet>>,
     stdin_relay: Option<JoinHandle<()>>,
     stdin_closer: Mutex<Option<OwnedFd>>,
     console: Mutex<Option<OwnedFd>>,
@@ -350,7 +362,7 @@ impl ProcessIo {
                     sink: Sink::Pollable(w),
                     keeper: None,
                 }),
-                None => open_dest(&stdout_t, &mut shared)?,
+                None => open_dest(&stdout_t, &mut shared, owner.spill.for_stream("tty"))?,
             };
             io.pending_console = Some((dest, stdin_src));
             return Ok(Prepared {
@@ -361,7 +373,8 @@ impl ProcessIo {
         }
 
         for (target, is_err) in [(&stdout_t, false), (&stderr_t, true)] {
-            let Some(dest) = open_dest(target, &mut shared)? else {
+            let stream = if is_err { "stderr" } else { "stdout" };
+            let Some(dest) = open_dest(target, &mut shared, owner.spill.for_stream(stream))? else {
                 continue;
             };
             let (r, w) = pipe()?;
@@ -371,7 +384,7 @@ impl ProcessIo {
             } else {
                 cside.stdout = Some(w);
             }
-            io.tasks.push(spawn_relay(r, dest));
+            io.spawn_relay(r, dest, false);
         }
         if let Some(src) = stdin_src {
             let (r, w) = pipe()?;
@@ -392,7 +405,7 @@ impl ProcessIo {
     pub fn attach_console(&mut self, master: OwnedFd) -> Result<(), StdioError> {
         let (dest, stdin_src) = self.pending_console.take().unwrap_or((None, None));
         if let Some(dest) = dest {
-            self.tasks.push(spawn_relay(dup(&master)?, dest));
+            self.spawn_relay(dup(&master)?, dest, true);
         }
         if let Some(src) = stdin_src {
             let to_master = dup(&master)?;
@@ -402,6 +415,28 @@ impl ProcessIo {
         }
         *self.console.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
         Ok(())
+    }
+
+    /// Starts relaying one output stream, and records it for delivery.
+    fn spawn_relay(&mut self, src: OwnedFd, dest: Dest, pty: bool) {
+        let src = Arc::new(src);
+        let flow = Arc::new(Flow::default());
+        self.outlets.push(Arc::new(Outlet::new(
+            flow.clone(),
+            src.clone(),
+            dest.keeper,
+            pty,
+        )));
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(e) = relay_counted(src, dest.sink, flow, relay::STALL).await {
+                crate::warn!("stdio relay: {e}");
+            }
+        }));
+    }
+
+    /// The output streams, for the exit path to wait on their delivery.
+    pub fn outlets(&self) -> Vec<Arc<Outlet>> {
+        self.outlets.clone()
     }
 
     /// Resizes the terminal, if the process has one.
@@ -457,15 +492,6 @@ impl ProcessIo {
     }
 }
 
-fn spawn_relay(src: OwnedFd, dest: Dest) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(e) = relay(src, dest.sink).await {
-            crate::warn!("stdio relay: {e}");
-        }
-        drop(dest.keeper);
-    })
-}
-
 impl Drop for ProcessIo {
     fn drop(&mut self) {
         for h in &self.tasks {
@@ -488,6 +514,7 @@ mod tests {
             reaper,
             uid: 0,
             gid: 0,
+            spill: SpillPolicy::new(std::env::temp_dir()),
         }
     }
 

@@ -3,20 +3,30 @@
 //! non-blocking ends, driven by tokio's readiness. Falls back to read/write
 //! when the kernel refuses to splice (ptys, append-only files).
 //!
-//! A destination that takes nothing for [`STALL`] (a FIFO whose reader is
-//! gone or stuck: client killed, containerd down) does not block the
-//! container: the relay discards what the container writes, counting it,
-//! and resumes as soon as the destination has room again. What was already
-//! in the FIFO (up to its 64 KiB buffer) stays there for the next reader.
+//! Container output into a FIFO ([`Sink::Output`]) is paced by the FIFO's
+//! reader while it takes bytes, as with every shim. A reader that takes
+//! nothing for [`STALL`] (client killed, containerd down) does not block the
+//! container: the relay keeps what the container writes in a [`Spill`]
+//! (memory, then an unnamed file, up to a cap; beyond the cap it drops and
+//! counts) and replays it, in order, as soon as the reader takes bytes again.
+//! While it replays, the container is paced by the reader; once the spill is
+//! empty the relay splices directly again.
+//!
+//! Every relay counts what it took from its source, what it wrote to its
+//! destination and what it dropped ([`Flow`]): the exit path uses the
+//! counters to report an exit only after the output written before it has
+//! been delivered (`stdio::delivery`).
 //!
 //! A relay ends at EOF on its source (EIO from a pty master whose slave is
-//! closed counts as EOF) and then drops both ends, which is how readers of
-//! the destination FIFO learn that the output is complete. If the
-//! destination breaks (EPIPE), the relay keeps draining the source into
-//! nothing, so the container is never blocked on a dead reader.
+//! closed counts as EOF) once nothing is held back, and then drops its
+//! destination, which is how readers of the FIFO learn that the output is
+//! complete. If the destination breaks (EPIPE), the relay keeps draining the
+//! source into nothing, so the container is never blocked on a dead reader.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::event::{poll, PollFd, PollFlags};
@@ -25,109 +35,133 @@ use rustix::pipe::{splice, SpliceFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use super::spill::{Spill, SpillPolicy};
+
 const CHUNK: usize = 1 << 20;
-/// How long a destination may take no bytes before output is discarded.
-pub const STALL: Duration = Duration::from_secs(10);
+/// How long a FIFO reader may take nothing before output goes to the spill.
+pub const STALL: Duration = Duration::from_secs(1);
 const BUF: usize = 64 * 1024;
+
+/// What a relay has moved, shared with whoever waits for its delivery.
+#[derive(Debug, Default)]
+pub struct Flow {
+    taken: AtomicU64,
+    sent: AtomicU64,
+    dropped: AtomicU64,
+    ended: AtomicBool,
+}
+
+impl Flow {
+    /// Bytes taken out of the source.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Acquire)
+    }
+
+    /// Bytes written into the destination.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    /// Bytes taken that will never reach the destination (spill full,
+    /// destination broken).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Whether the relay has finished: the source is at EOF and nothing is
+    /// held back.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    pub(super) fn add_taken(&self, n: usize) {
+        self.taken.fetch_add(n as u64, Ordering::AcqRel);
+    }
+
+    pub(super) fn add_sent(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::AcqRel);
+    }
+
+    pub(super) fn add_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::AcqRel);
+    }
+}
 
 /// Where a relay writes.
 pub enum Sink {
     /// A pipe, FIFO or pty: non-blocking, polled for space; the source
-    /// waits for as long as it takes (stdin into a container).
+    /// waits for as long as it takes (stdin into a container, a logger).
     Pollable(OwnedFd),
-    /// Like `Pollable`, for container output: a destination stalled for
-    /// [`STALL`] makes the relay discard instead of blocking the container.
-    Output(OwnedFd),
+    /// A FIFO that receives container output: a reader that takes nothing
+    /// for [`STALL`] sends the output to a spill with this policy.
+    Output(OwnedFd, SpillPolicy),
     /// A regular file (always writable).
     File(OwnedFd),
 }
 
 /// Puts `fd` in non-blocking mode.
-pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(fd)?;
     rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
     Ok(())
 }
 
-fn readable_now(fd: impl AsFd) -> bool {
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+fn poll_now(fd: impl AsFd, flags: PollFlags) -> bool {
+    let mut fds = [PollFd::new(&fd, flags)];
     let now = rustix::event::Timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0) && fds[0].revents().intersects(flags)
 }
 
-fn writable_now(fd: impl AsFd) -> bool {
-    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
-    let now = rustix::event::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
-        && fds[0].revents().contains(PollFlags::OUT)
+fn readable_now(fd: impl AsFd) -> bool {
+    poll_now(fd, PollFlags::IN | PollFlags::HUP)
+}
+
+pub(super) fn writable_now(fd: impl AsFd) -> bool {
+    poll_now(fd, PollFlags::OUT)
 }
 
 enum Dst {
-    /// Polled destination, and how long it may stall before output is
-    /// discarded (`None`: wait as long as it takes).
-    Poll(AsyncFd<OwnedFd>, Option<Duration>),
+    /// A polled destination that may make the source wait forever.
+    Poll(AsyncFd<OwnedFd>),
+    /// A polled destination that spills when its reader stalls.
+    Output(AsyncFd<OwnedFd>, SpillPolicy),
+    /// A regular file.
     Plain(OwnedFd),
 }
 
 impl Dst {
+    fn new(sink: Sink) -> io::Result<Dst> {
+        Ok(match sink {
+            Sink::Pollable(fd) => {
+                set_nonblocking(&fd)?;
+                Dst::Poll(crate::sys::async_fd(fd, Interest::WRITABLE)?)
+            }
+            Sink::Output(fd, policy) => {
+                set_nonblocking(&fd)?;
+                Dst::Output(crate::sys::async_fd(fd, Interest::WRITABLE)?, policy)
+            }
+            Sink::File(fd) => Dst::Plain(fd),
+        })
+    }
+
     fn fd(&self) -> BorrowedFd<'_> {
         match self {
-            Dst::Poll(a, _) => a.get_ref().as_fd(),
+            Dst::Poll(a) | Dst::Output(a, _) => a.get_ref().as_fd(),
             Dst::Plain(f) => f.as_fd(),
         }
     }
 
-    /// Waits until the destination can take more bytes; if it stays full
-    /// for its stall limit, discards the source's output until it has room.
-    /// Returns true when the source ended while discarding.
-    async fn wait_or_discard(&self, src: &AsyncFd<OwnedFd>) -> io::Result<bool> {
-        let Dst::Poll(_, Some(stall)) = self else {
-            return self.wait_writable().await.map(|_| false);
-        };
-        if tokio::time::timeout(*stall, self.wait_writable())
-            .await
-            .is_ok()
-        {
-            return Ok(false);
-        }
-        let mut dropped = 0u64;
-        let mut buf = vec![0u8; BUF];
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                r = src.readable() => {
-                    let mut g = r?;
-                    match rustix::io::read(src.get_ref(), &mut buf[..]) {
-                        Ok(0) => {
-                            crate::warn!("output destination stalled: discarded {dropped} bytes");
-                            return Ok(true);
-                        }
-                        Ok(n) => dropped += n as u64,
-                        Err(Errno::AGAIN) => g.clear_ready(),
-                        Err(Errno::INTR) => {}
-                        Err(_) => return Ok(true),
-                    }
-                }
-                _ = tick.tick() => {
-                    if writable_now(self.fd()) {
-                        break;
-                    }
-                }
-            }
-        }
-        crate::warn!("output destination stalled for {stall:?}: discarded {dropped} bytes");
-        Ok(false)
+    /// Whether the destination can take bytes now (a file always can).
+    fn has_room(&self) -> bool {
+        matches!(self, Dst::Plain(_)) || writable_now(self.fd())
     }
 
     /// Waits until the destination can take more bytes.
     async fn wait_writable(&self) -> io::Result<()> {
-        let Dst::Poll(d, _) = self else {
+        let (Dst::Poll(d) | Dst::Output(d, _)) = self else {
             return Ok(());
         };
         loop {
@@ -138,98 +172,292 @@ impl Dst {
             g.clear_ready();
         }
     }
+}
 
-    /// Writes all of `data`, waiting for room as needed.
-    async fn write_all(&self, mut data: &[u8]) -> Result<(), Errno> {
-        while !data.is_empty() {
-            match rustix::io::write(self.fd(), data) {
-                Ok(n) => data = &data[n..],
-                Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => self.wait_writable().await.map_err(|_| Errno::IO)?,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
+/// What one step of the relay did.
+enum Step {
+    /// Bytes moved (or an interrupted call to retry).
+    Moved,
+    /// The source has nothing now.
+    SourceEmpty,
+    /// The destination is full; these bytes (copy mode) are still to write.
+    DestFull(Vec<u8>),
+    /// The source is at EOF.
+    Eof,
+    /// The destination failed.
+    Broken(Errno),
+    /// The kernel cannot splice between these two: copy instead.
+    CannotSplice,
+}
+
+/// How waiting for room in a full destination ended.
+enum Room {
+    /// The destination has room; the pending bytes are still to write.
+    Ready(Vec<u8>),
+    /// The pending bytes and everything since went through the spill.
+    Resumed,
+    /// The source ended while its output was spilled, and all of it has been
+    /// written since.
+    SourceEnded,
+    /// The destination failed.
+    Broken(Errno),
+}
+
+struct Relay {
+    src: AsyncFd<Arc<OwnedFd>>,
+    dst: Dst,
+    flow: Arc<Flow>,
+    stall: Duration,
+    splice: bool,
 }
 
 /// Relays `src` (a pipe, FIFO or pty) into `sink` until EOF. Returns the
 /// number of bytes that reached the sink.
 pub async fn relay(src: OwnedFd, sink: Sink) -> io::Result<u64> {
-    relay_with_stall(src, sink, STALL).await
+    let flow = Arc::new(Flow::default());
+    relay_counted(Arc::new(src), sink, flow.clone(), STALL).await?;
+    Ok(flow.sent())
 }
 
-/// [`relay`] with an explicit stall limit for [`Sink::Output`].
-pub async fn relay_with_stall(src: OwnedFd, sink: Sink, stall: Duration) -> io::Result<u64> {
-    set_nonblocking(&src)?;
-    let src = crate::sys::async_fd(src, Interest::READABLE)?;
-    let dst = match sink {
-        Sink::Pollable(fd) => {
-            set_nonblocking(&fd)?;
-            Dst::Poll(crate::sys::async_fd(fd, Interest::WRITABLE)?, None)
-        }
-        Sink::Output(fd) => {
-            set_nonblocking(&fd)?;
-            Dst::Poll(crate::sys::async_fd(fd, Interest::WRITABLE)?, Some(stall))
-        }
-        Sink::File(fd) => Dst::Plain(fd),
+/// [`relay`] that reports into `flow`, with an explicit stall limit for
+/// [`Sink::Output`]. The caller may keep `src` to look at what waits in it.
+pub async fn relay_counted(
+    src: Arc<OwnedFd>,
+    sink: Sink,
+    flow: Arc<Flow>,
+    stall: Duration,
+) -> io::Result<()> {
+    set_nonblocking(&*src)?;
+    let relay = Relay {
+        src: crate::sys::async_fd_shared(src, Interest::READABLE)?,
+        dst: Dst::new(sink)?,
+        flow: flow.clone(),
+        stall,
+        splice: true,
     };
-    let mut total = 0u64;
-    let mut use_splice = true;
-    let mut buf = Vec::new();
-    loop {
-        let mut ready = src.readable().await?;
-        if use_splice {
-            let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-            match splice(src.get_ref(), None, dst.fd(), None, CHUNK, flags) {
-                Ok(0) | Err(Errno::IO) => return Ok(total),
-                Ok(n) => total += n as u64,
-                Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => {
-                    // Either side may be the blocked one, and the other end
-                    // of each pipe moves concurrently: ask the kernel about
-                    // both now rather than inferring one from the other.
-                    let room = !matches!(dst, Dst::Poll(..)) || writable_now(dst.fd());
-                    if !room {
-                        drop(ready);
-                        if dst.wait_or_discard(&src).await? {
-                            return Ok(total);
-                        }
-                    } else if !readable_now(src.get_ref()) {
-                        ready.clear_ready();
-                    }
+    let res = relay.run().await;
+    flow.ended.store(true, Ordering::Release);
+    res
+}
+
+impl Relay {
+    async fn run(mut self) -> io::Result<()> {
+        let mut buf = Vec::new();
+        loop {
+            let mut ready = self.src.readable().await?;
+            let step = if self.splice {
+                self.splice_once()
+            } else {
+                self.copy_once(&mut buf)
+            };
+            let full = match step {
+                Step::Moved => continue,
+                Step::CannotSplice => {
+                    self.splice = false;
+                    continue;
                 }
-                Err(Errno::INVAL) => use_splice = false,
-                Err(e) => {
-                    crate::debug!("relay: destination failed ({e}); discarding the rest");
+                Step::SourceEmpty => {
+                    ready.clear_ready();
+                    continue;
+                }
+                Step::Eof => return Ok(()),
+                Step::Broken(e) => {
                     drop(ready);
-                    drain(&src).await;
-                    return Ok(total);
+                    return self.discard_rest(e, Vec::new()).await;
                 }
-            }
-        } else {
-            buf.resize(BUF, 0);
-            match rustix::io::read(src.get_ref(), &mut buf[..]) {
-                Ok(0) | Err(Errno::IO) => return Ok(total),
-                Ok(n) => {
-                    drop(ready);
-                    if let Err(e) = dst.write_all(&buf[..n]).await {
-                        crate::debug!("relay: destination failed ({e}); discarding the rest");
-                        drain(&src).await;
-                        return Ok(total);
-                    }
-                    total += n as u64;
+                Step::DestFull(pending) => pending,
+            };
+            drop(ready);
+            let mut pending = full;
+            loop {
+                match self.wait_for_room(pending).await? {
+                    Room::Ready(rest) if rest.is_empty() => break,
+                    Room::Ready(rest) => match self.write_some(&rest) {
+                        Ok(n) if n == rest.len() => break,
+                        Ok(n) => pending = rest[n..].to_vec(),
+                        Err(e) => return self.discard_rest(e, rest).await,
+                    },
+                    Room::Resumed => break,
+                    Room::SourceEnded => return Ok(()),
+                    Room::Broken(e) => return self.discard_rest(e, Vec::new()).await,
                 }
-                Err(Errno::AGAIN) => ready.clear_ready(),
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
             }
         }
     }
+
+    /// One splice from the source into the destination.
+    fn splice_once(&self) -> Step {
+        let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+        match splice(self.src.get_ref(), None, self.dst.fd(), None, CHUNK, flags) {
+            Ok(0) | Err(Errno::IO) => Step::Eof,
+            Ok(n) => {
+                self.flow.add_taken(n);
+                self.flow.add_sent(n);
+                Step::Moved
+            }
+            Err(Errno::INTR) => Step::Moved,
+            Err(Errno::AGAIN) => {
+                // Either side may be the blocked one, and the other end of
+                // each pipe moves concurrently: ask the kernel about both now
+                // rather than inferring one from the other.
+                if !self.dst.has_room() {
+                    Step::DestFull(Vec::new())
+                } else if !readable_now(self.src.get_ref()) {
+                    Step::SourceEmpty
+                } else {
+                    Step::Moved
+                }
+            }
+            Err(Errno::INVAL) => Step::CannotSplice,
+            Err(e) => Step::Broken(e),
+        }
+    }
+
+    /// One read from the source and as much of a write as fits.
+    fn copy_once(&self, buf: &mut Vec<u8>) -> Step {
+        buf.resize(BUF, 0);
+        match rustix::io::read(self.src.get_ref(), &mut buf[..]) {
+            Ok(0) | Err(Errno::IO) => Step::Eof,
+            Ok(n) => {
+                self.flow.add_taken(n);
+                match self.write_some(&buf[..n]) {
+                    Ok(w) if w == n => Step::Moved,
+                    Ok(w) => Step::DestFull(buf[w..n].to_vec()),
+                    Err(e) => Step::Broken(e),
+                }
+            }
+            Err(Errno::AGAIN) => Step::SourceEmpty,
+            Err(Errno::INTR) => Step::Moved,
+            Err(e) => Step::Broken(e),
+        }
+    }
+
+    /// Writes what fits of `data` now; counts it as sent.
+    fn write_some(&self, mut data: &[u8]) -> Result<usize, Errno> {
+        let mut done = 0;
+        while !data.is_empty() {
+            match rustix::io::write(self.dst.fd(), data) {
+                Ok(n) => {
+                    self.flow.add_sent(n);
+                    done += n;
+                    data = &data[n..];
+                }
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Waits for room in a full destination. An output FIFO whose reader
+    /// takes nothing for the stall limit makes the relay spill instead.
+    async fn wait_for_room(&mut self, pending: Vec<u8>) -> io::Result<Room> {
+        if !matches!(self.dst, Dst::Output(..)) {
+            self.dst.wait_writable().await?;
+            return Ok(Room::Ready(pending));
+        }
+        match tokio::time::timeout(self.stall, self.dst.wait_writable()).await {
+            Ok(r) => r.map(|_| Room::Ready(pending)),
+            Err(_) => self.spill(pending).await,
+        }
+    }
+
+    /// The reader is stalled: keep the container's output in a spill until
+    /// the reader takes bytes again, then replay it in order.
+    async fn spill(&mut self, pending: Vec<u8>) -> io::Result<Room> {
+        let Dst::Output(dst, policy) = &self.dst else {
+            return Ok(Room::Ready(pending));
+        };
+        let mut spill = Spill::new(policy.clone());
+        crate::warn!(
+            "{}: output reader took nothing for {:?}: holding output (up to {} bytes) until it reads again",
+            policy.label,
+            self.stall,
+            policy.max
+        );
+        spill.push(&pending, &self.flow);
+        let mut eof = false;
+        let mut buf = vec![0u8; BUF];
+        loop {
+            // Stalled: take what the container writes; watch for the reader.
+            loop {
+                tokio::select! {
+                    r = self.src.readable(), if !eof => {
+                        let mut g = r?;
+                        match rustix::io::read(self.src.get_ref(), &mut buf[..]) {
+                            Ok(0) | Err(Errno::IO) => {
+                                eof = true;
+                                if spill.is_empty() {
+                                    spill.finish(&self.flow);
+                                    return Ok(Room::SourceEnded);
+                                }
+                            }
+                            Ok(n) => {
+                                self.flow.add_taken(n);
+                                spill.push(&buf[..n], &self.flow);
+                            }
+                            Err(Errno::AGAIN) => g.clear_ready(),
+                            Err(Errno::INTR) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    r = dst.writable() => {
+                        let mut g = r?;
+                        if writable_now(dst.get_ref()) {
+                            break;
+                        }
+                        g.clear_ready();
+                    }
+                }
+            }
+            // The reader is back: replay; the container waits meanwhile.
+            loop {
+                match spill.send(dst.get_ref(), &self.flow) {
+                    Ok(true) => {
+                        spill.finish(&self.flow);
+                        return Ok(if eof {
+                            Room::SourceEnded
+                        } else {
+                            Room::Resumed
+                        });
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        spill.abandon(&self.flow);
+                        return Ok(Room::Broken(e));
+                    }
+                }
+                let wait = async {
+                    loop {
+                        let mut g = dst.writable().await?;
+                        if writable_now(dst.get_ref()) {
+                            return io::Result::Ok(());
+                        }
+                        g.clear_ready();
+                    }
+                };
+                match tokio::time::timeout(self.stall, wait).await {
+                    Ok(r) => r?,
+                    // Stalled again: back to taking the container's output.
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// The destination failed: drop what was pending and everything the
+    /// source still brings, so the container never blocks on it.
+    async fn discard_rest(&self, e: Errno, pending: Vec<u8>) -> io::Result<()> {
+        crate::debug!("relay: destination failed ({e}); discarding the rest");
+        self.flow.add_dropped(pending.len() as u64);
+        drain(&self.src, Some(&self.flow)).await;
+        Ok(())
+    }
 }
 
-/// Reads and drops everything left in `src` until EOF.
-async fn drain(src: &AsyncFd<OwnedFd>) {
+/// Reads and drops everything left in `src` until EOF, counting it.
+async fn drain<T: AsFd + std::os::fd::AsRawFd>(src: &AsyncFd<T>, flow: Option<&Flow>) {
     let mut buf = vec![0u8; BUF];
     loop {
         let Ok(mut g) = src.readable().await else {
@@ -237,7 +465,13 @@ async fn drain(src: &AsyncFd<OwnedFd>) {
         };
         match rustix::io::read(src.get_ref(), &mut buf[..]) {
             Ok(0) => return,
-            Ok(_) | Err(Errno::INTR) => {}
+            Ok(n) => {
+                if let Some(f) = flow {
+                    f.add_taken(n);
+                    f.add_dropped(n as u64);
+                }
+            }
+            Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => g.clear_ready(),
             Err(_) => return,
         }
@@ -250,7 +484,7 @@ pub async fn discard(src: OwnedFd) {
         return;
     }
     if let Ok(a) = crate::sys::async_fd(src, Interest::READABLE) {
-        drain(&a).await;
+        drain(&a, None).await;
     }
 }
 
@@ -258,6 +492,23 @@ pub async fn discard(src: OwnedFd) {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::time::Instant;
+
+    fn policy(max: u64) -> (tempfile::TempDir, SpillPolicy) {
+        let d = tempfile::tempdir().unwrap();
+        let p = SpillPolicy {
+            max,
+            ..SpillPolicy::new(d.path().to_path_buf())
+        };
+        (d, p)
+    }
+
+    /// Numbered 16-byte records, so order, gaps and duplicates show.
+    fn records(from: u64, to: u64) -> Vec<u8> {
+        (from..to)
+            .flat_map(|i| format!("{i:015}\n").into_bytes())
+            .collect()
+    }
 
     #[tokio::test]
     async fn relays_pipe_to_pipe_and_file_completely() {
@@ -340,9 +591,10 @@ mod tests {
                     }
                 }
             });
+            let (_d, p) = policy(1 << 20);
             let relayed = tokio::time::timeout(
                 std::time::Duration::from_secs(60),
-                relay(r, Sink::Output(w2)),
+                relay(r, Sink::Output(w2, p)),
             )
             .await
             .expect("relay stalled")
@@ -353,8 +605,101 @@ mod tests {
         }
     }
 
+    /// A reader that stops for longer than the stall limit, then comes back:
+    /// the writer is never blocked for long, and the reader gets every
+    /// record, in order, once.
     #[tokio::test]
-    async fn a_stalled_output_discards_instead_of_blocking_the_writer() {
+    async fn a_stalled_reader_gets_everything_in_order_when_it_returns() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r2, w2) = rustix::pipe::pipe().unwrap();
+        const N: u64 = 200_000; // 3.2 MB: memory stage and file
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(w);
+            let mut longest = Duration::ZERO;
+            for chunk in records(0, N).chunks(4096) {
+                let t = Instant::now();
+                f.write_all(chunk).unwrap();
+                longest = longest.max(t.elapsed());
+            }
+            longest
+        });
+        let reader = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(r2);
+            let mut first = vec![0u8; 8192];
+            f.read_exact(&mut first).unwrap();
+            // Stall, long enough for the relay to start spilling.
+            std::thread::sleep(Duration::from_millis(1500));
+            let mut rest = Vec::new();
+            f.read_to_end(&mut rest).unwrap();
+            first.extend_from_slice(&rest);
+            first
+        });
+        let (_d, p) = policy(64 << 20);
+        let flow = Arc::new(Flow::default());
+        relay_counted(
+            Arc::new(r),
+            Sink::Output(w2, p),
+            flow.clone(),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+        let longest = writer.join().unwrap();
+        let got = reader.join().unwrap();
+        assert!(got == records(0, N), "records lost, reordered or repeated");
+        assert_eq!(flow.sent(), 16 * N);
+        assert_eq!(flow.dropped(), 0);
+        assert!(
+            longest < Duration::from_millis(1200),
+            "the writer was blocked for {longest:?}"
+        );
+    }
+
+    /// Beyond the spill cap, output is dropped and counted; what arrives is
+    /// in order, and everything taken is either sent or counted as dropped.
+    #[tokio::test]
+    async fn a_full_spill_drops_and_counts() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r2, w2) = rustix::pipe::pipe().unwrap();
+        const N: u64 = 100_000;
+        let writer = std::thread::spawn(move || {
+            std::fs::File::from(w).write_all(&records(0, N)).unwrap();
+        });
+        let reader = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(r2);
+            std::thread::sleep(Duration::from_millis(1500));
+            let mut all = Vec::new();
+            f.read_to_end(&mut all).unwrap();
+            all
+        });
+        let (_d, p) = policy(256 * 1024);
+        let flow = Arc::new(Flow::default());
+        relay_counted(
+            Arc::new(r),
+            Sink::Output(w2, p),
+            flow.clone(),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+        writer.join().unwrap();
+        let got = reader.join().unwrap();
+        assert_eq!(flow.taken(), 16 * N);
+        assert!(flow.dropped() > 0);
+        assert_eq!(flow.sent() + flow.dropped(), flow.taken());
+        assert_eq!(got.len() as u64, flow.sent());
+        let nums: Vec<u64> = got
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| std::str::from_utf8(l).unwrap().parse().unwrap())
+            .collect();
+        assert!(nums.windows(2).all(|w| w[0] < w[1]), "out of order");
+    }
+
+    /// With no spill allowed, a stalled reader makes the relay discard
+    /// instead of blocking the writer.
+    #[tokio::test]
+    async fn a_stalled_output_without_spill_discards_instead_of_blocking_the_writer() {
         let (r, w) = rustix::pipe::pipe().unwrap();
         // A destination nobody reads: it fills up and stays full.
         let (_unread, w2) = rustix::pipe::pipe().unwrap();
@@ -364,11 +709,21 @@ mod tests {
                 f.write_all(&[1u8; 65536]).unwrap();
             }
         });
-        let n = relay_with_stall(r, Sink::Output(w2), Duration::from_millis(300))
+        let (_d, p) = policy(0);
+        let flow = Arc::new(Flow::default());
+        let relay = relay_counted(
+            Arc::new(r),
+            Sink::Output(w2, p),
+            flow.clone(),
+            Duration::from_millis(300),
+        );
+        tokio::time::timeout(Duration::from_secs(5), relay)
             .await
+            .expect("the relay ends with its source")
             .unwrap();
         writer.join().unwrap();
-        assert!(n <= 65536, "only the destination's buffer was filled: {n}");
+        assert!(flow.sent() <= 65536, "only the FIFO's buffer was filled");
+        assert_eq!(flow.sent() + flow.dropped(), 256 * 65536);
     }
 
     #[tokio::test]

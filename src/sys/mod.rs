@@ -103,6 +103,19 @@ pub fn async_fd(
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into())
 }
 
+/// Registers a shared fd with the tokio reactor (the relay's source, which
+/// the exit path also looks at).
+pub fn async_fd_shared(
+    fd: std::sync::Arc<OwnedFd>,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<OwnedFd>>> {
+    // SAFETY: the AsyncFd holds one reference to the OwnedFd, which closes the
+    // descriptor only when its last reference drops, so the fd stays open and
+    // names the same file for as long as it is registered; an `Arc` gives no
+    // way to swap the descriptor inside.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into())
+}
+
 /// Sends signal number `sig` (any, including real-time signals) to `pid`.
 pub fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
     if pid <= 0 {

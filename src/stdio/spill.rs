@@ -1,0 +1,355 @@
+//! The spill: where a relay keeps container output while the FIFO's reader
+//! takes nothing (client gone, containerd down), so that the container never
+//! blocks on output and nothing is lost up to a cap.
+//!
+//! Bytes go to memory first (up to [`MEM_MAX`]), then to an unnamed file in
+//! the bundle (`O_TMPFILE`, or a file unlinked at once where the filesystem
+//! lacks it: nothing is left behind if the shim dies). Memory content always
+//! precedes file content: new bytes go to memory only while no file exists.
+//! Past the policy's cap, bytes are dropped and counted. [`Spill::send`]
+//! replays in order. A spill exists only while a reader is stalled; an idle
+//! relay holds none, and a replayed spill frees its memory and closes its file.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
+use super::relay::Flow;
+
+/// Bytes kept in memory before the spill moves to a file.
+pub const MEM_MAX: usize = 256 * 1024;
+/// Default cap of one stream's spill.
+pub const DEFAULT_MAX: u64 = 64 << 20;
+
+/// Where a stream spills and how much it may keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpillPolicy {
+    /// Directory of the spill file (the bundle).
+    pub dir: PathBuf,
+    /// Most bytes kept; 0 drops everything while the reader is stalled.
+    pub max: u64,
+    /// Whose output this is, for log lines (`container[/exec] stream`).
+    pub label: String,
+}
+
+impl SpillPolicy {
+    /// The default cap in `dir`.
+    pub fn new(dir: PathBuf) -> SpillPolicy {
+        SpillPolicy {
+            dir,
+            max: DEFAULT_MAX,
+            label: String::new(),
+        }
+    }
+
+    /// The same policy for one stream of the process.
+    pub fn for_stream(&self, stream: &str) -> SpillPolicy {
+        SpillPolicy {
+            label: format!("{} {stream}", self.label),
+            ..self.clone()
+        }
+    }
+}
+
+/// Parses a size: bytes, or with a `k`, `m` or `g` suffix (binary units,
+/// an optional trailing `b`/`ib`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s
+        .strip_suffix("ib")
+        .or_else(|| s.strip_suffix('b'))
+        .unwrap_or(&s);
+    let (num, shift) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 10),
+        'm' => (&s[..s.len() - 1], 20),
+        'g' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+struct SpillFile {
+    fd: OwnedFd,
+    read: u64,
+    write: u64,
+}
+
+/// Output held back for a stalled reader.
+pub struct Spill {
+    policy: SpillPolicy,
+    mem: Vec<u8>,
+    head: usize,
+    file: Option<SpillFile>,
+    scratch: Vec<u8>,
+    kept: u64,
+    dropped: u64,
+    file_failed: bool,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Spill {
+    /// An empty spill (allocates nothing yet).
+    pub fn new(policy: SpillPolicy) -> Spill {
+        Spill {
+            policy,
+            mem: Vec::new(),
+            head: 0,
+            file: None,
+            scratch: Vec::new(),
+            kept: 0,
+            dropped: 0,
+            file_failed: false,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        (self.mem.len() - self.head) as u64 + self.file.as_ref().map_or(0, |f| f.write - f.read)
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held() == 0
+    }
+
+    /// Keeps `data` after what is held, or drops (and counts) what exceeds
+    /// the cap.
+    pub fn push(&mut self, data: &[u8], flow: &Flow) {
+        let room = self.policy.max.saturating_sub(self.held());
+        let keep = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let (mut data, over) = data.split_at(keep);
+        self.drop_bytes(over.len() as u64, flow);
+        if self.file.is_none() && self.mem.len() - self.head < MEM_MAX {
+            let n = data.len().min(MEM_MAX - (self.mem.len() - self.head));
+            self.mem.extend_from_slice(&data[..n]);
+            self.kept += n as u64;
+            data = &data[n..];
+        }
+        if data.is_empty() {
+            return;
+        }
+        match self.append_to_file(data) {
+            Ok(()) => self.kept += data.len() as u64,
+            Err(e) => {
+                if !self.file_failed {
+                    crate::warn!(
+                        "{}: output spill file in {}: {e}; dropping output",
+                        self.policy.label,
+                        self.policy.dir.display()
+                    );
+                    self.file_failed = true;
+                }
+                self.drop_bytes(data.len() as u64, flow);
+            }
+        }
+    }
+
+    fn drop_bytes(&mut self, n: u64, flow: &Flow) {
+        if n == 0 {
+            return;
+        }
+        if self.dropped == 0 {
+            crate::warn!(
+                "{}: output spill is full ({} bytes): dropping output until the reader takes it",
+                self.policy.label,
+                self.policy.max
+            );
+        }
+        self.dropped += n;
+        flow.add_dropped(n);
+    }
+
+    fn append_to_file(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        if self.file.is_none() {
+            self.file = Some(SpillFile {
+                fd: open_unnamed(&self.policy.dir)?,
+                read: 0,
+                write: 0,
+            });
+        }
+        let f = self.file.as_mut().expect("opened above");
+        while !data.is_empty() {
+            match rustix::io::pwrite(&f.fd, data, f.write) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    f.write += n as u64;
+                    data = &data[n..];
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes held bytes, in order, into `dst` (non-blocking) until it is
+    /// full (`Ok(false)`) or the spill is empty (`Ok(true)`).
+    pub fn send(&mut self, dst: impl AsFd, flow: &Flow) -> Result<bool, Errno> {
+        loop {
+            if self.head < self.mem.len() {
+                match rustix::io::write(&dst, &self.mem[self.head..]) {
+                    Ok(n) => {
+                        self.head += n;
+                        flow.add_sent(n);
+                        if self.head == self.mem.len() {
+                            self.mem = Vec::new();
+                            self.head = 0;
+                        }
+                    }
+                    Err(Errno::AGAIN) => return Ok(false),
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            let Some(f) = self.file.as_mut() else {
+                return Ok(true);
+            };
+            if f.read == f.write {
+                self.file = None;
+                self.scratch = Vec::new();
+                return Ok(true);
+            }
+            if self.scratch.is_empty() {
+                self.scratch = vec![0u8; 64 * 1024];
+            }
+            let want = (f.write - f.read).min(self.scratch.len() as u64) as usize;
+            let n = match rustix::io::pread(&f.fd, &mut self.scratch[..want], f.read) {
+                Ok(0) => return Err(Errno::IO),
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            };
+            match rustix::io::write(&dst, &self.scratch[..n]) {
+                Ok(w) => {
+                    f.read += w as u64;
+                    flow.add_sent(w);
+                }
+                Err(Errno::AGAIN) => return Ok(false),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The spill has been replayed: says what it kept and dropped.
+    pub fn finish(self, _flow: &Flow) {
+        if self.kept > 0 || self.dropped > 0 {
+            crate::warn!(
+                "{}: output reader is back: replayed {} held bytes, dropped {} bytes",
+                self.policy.label,
+                self.kept,
+                self.dropped
+            );
+        }
+    }
+
+    /// The destination broke while replaying: what is held is lost.
+    pub fn abandon(self, flow: &Flow) {
+        let lost = self.held();
+        flow.add_dropped(lost);
+        crate::warn!(
+            "{}: output destination failed while replaying: dropped {} bytes",
+            self.policy.label,
+            self.dropped + lost
+        );
+    }
+}
+
+/// An unnamed file in `dir`: `O_TMPFILE`, or a fresh file unlinked at once.
+fn open_unnamed(dir: &std::path::Path) -> std::io::Result<OwnedFd> {
+    let flags = OFlags::RDWR | OFlags::CLOEXEC;
+    match rustix::fs::open(dir, flags | OFlags::TMPFILE, Mode::from_raw_mode(0o600)) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let name = dir.join(format!(
+        ".wedge-spill-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let fd = rustix::fs::open(
+        &name,
+        flags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )?;
+    rustix::fs::unlink(&name)?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64k"), Some(64 << 10));
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size(" 2G "), Some(2 << 30));
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn memory_then_file_replayed_in_order_and_freed() {
+        let d = tempfile::tempdir().unwrap();
+        let flow = Flow::default();
+        let mut s = Spill::new(SpillPolicy::new(d.path().to_path_buf()));
+        let data: Vec<u8> = (0..(MEM_MAX * 3) as u32).map(|i| (i % 253) as u8).collect();
+        for c in data.chunks(10_000) {
+            s.push(c, &flow);
+        }
+        assert!(s.file.is_some(), "past the memory stage");
+        assert_eq!(s.held(), data.len() as u64);
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "the spill file has no name"
+        );
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        crate::stdio::relay::set_nonblocking(&r).unwrap();
+        crate::stdio::relay::set_nonblocking(&w).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let done = s.send(&w, &flow).unwrap();
+            while let Ok(n @ 1..) = rustix::io::read(&r, &mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            if done {
+                break;
+            }
+        }
+        assert!(got == data);
+        assert_eq!(flow.sent(), data.len() as u64);
+        assert!(s.is_empty() && s.file.is_none() && s.mem.capacity() == 0);
+    }
+
+    #[test]
+    fn the_cap_drops_and_counts() {
+        let d = tempfile::tempdir().unwrap();
+        let flow = Flow::default();
+        let mut s = Spill::new(SpillPolicy {
+            max: 1000,
+            ..SpillPolicy::new(d.path().to_path_buf())
+        });
+        s.push(&[1u8; 600], &flow);
+        s.push(&[2u8; 600], &flow);
+        assert_eq!(s.held(), 1000);
+        assert_eq!(flow.dropped(), 200);
+        let mut none = Spill::new(SpillPolicy {
+            max: 0,
+            ..SpillPolicy::new(d.path().to_path_buf())
+        });
+        none.push(&[3u8; 10], &flow);
+        assert!(none.is_empty());
+        assert_eq!(flow.dropped(), 210);
+    }
+}
