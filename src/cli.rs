@@ -1,96 +1,18 @@
-//! Command line: Go `flag`-style parsing (`-x v`, `--x=v`, boolean `-debug`),
-//! then dispatch to `start`, `delete` or serve mode (no action).
+//! Command line: parses the flags ([`crate::flags`]) and dispatches to `-h`,
+//! `-v`, `-info`, `start`, `delete` ([`crate::manager`]) or serve mode
+//! ([`crate::serve`], no action).
 //!
-//! Contract with containerd: `start` prints only the socket address on stdout
-//! (containerd reads stdout and stderr combined); `delete` prints a
-//! protobuf `DeleteResponse`. Any fatal error is printed to stderr as
-//! `<runtime name>: <error>` and the process exits 1.
+//! Contract with containerd: `start` prints only its reply on stdout
+//! (containerd reads stdout and stderr combined; the forms are in
+//! [`crate::bootstrap`]); `delete` prints a protobuf `DeleteResponse`; `-info`
+//! prints a protobuf `RuntimeInfo`. A fatal error is printed to stderr as
+//! `<runtime name>: <error>` and the process exits 1 (2 for a bad command
+//! line).
 
+use std::io::Write;
 use std::path::Path;
 
-/// Parsed flags and action.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Flags {
-    /// `-namespace`.
-    pub namespace: String,
-    /// `-id`.
-    pub id: String,
-    /// `-address`: containerd's gRPC socket.
-    pub address: String,
-    /// `-publish-binary` (accepted, unused: events go over ttrpc).
-    pub publish_binary: String,
-    /// `-bundle`.
-    pub bundle: String,
-    /// `-socket`: serve on this path instead of fd 3.
-    pub socket: String,
-    /// `-debug`.
-    pub debug: bool,
-    /// `-v`.
-    pub version: bool,
-    /// `start`, `delete`, or `None` for serve mode.
-    pub action: Option<String>,
-}
-
-/// Parses arguments (without argv\[0\]) the way Go's `flag` package does:
-/// flags stop at the first non-flag argument or at `--`.
-pub fn parse(args: &[String]) -> Result<Flags, String> {
-    let mut f = Flags::default();
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        if a == "--" {
-            i += 1;
-            break;
-        }
-        if !a.starts_with('-') || a == "-" {
-            break;
-        }
-        let body = a.trim_start_matches('-');
-        if a.starts_with("---") || body.is_empty() {
-            return Err(format!("bad flag syntax: {a}"));
-        }
-        let (name, inline) = match body.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (body, None),
-        };
-        let boolean = |v: Option<String>| -> Result<bool, String> {
-            match v.as_deref() {
-                None | Some("true") | Some("1") | Some("t") | Some("T") | Some("TRUE")
-                | Some("True") => Ok(true),
-                Some("false") | Some("0") | Some("f") | Some("F") | Some("FALSE")
-                | Some("False") => Ok(false),
-                Some(other) => Err(format!("invalid boolean value {other:?} for -{name}")),
-            }
-        };
-        match name {
-            "debug" => f.debug = boolean(inline)?,
-            "v" => f.version = boolean(inline)?,
-            "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
-                let v = match inline {
-                    Some(v) => v,
-                    None => {
-                        i += 1;
-                        args.get(i)
-                            .cloned()
-                            .ok_or_else(|| format!("flag needs an argument: -{name}"))?
-                    }
-                };
-                match name {
-                    "namespace" => f.namespace = v,
-                    "id" => f.id = v,
-                    "address" => f.address = v,
-                    "publish-binary" => f.publish_binary = v,
-                    "bundle" => f.bundle = v,
-                    _ => f.socket = v,
-                }
-            }
-            other => return Err(format!("flag provided but not defined: -{other}")),
-        }
-        i += 1;
-    }
-    f.action = args.get(i).cloned();
-    Ok(f)
-}
+use crate::flags::{Flags, FLAG_HELP};
 
 /// The runtime name for messages, derived from the binary name:
 /// `containerd-shim-NAME-v2` → `io.containerd.NAME.v2`.
@@ -108,27 +30,77 @@ pub fn runtime_name(argv0: &str) -> String {
     }
 }
 
+/// The `-h` text.
+pub fn usage(argv0: &str, name: &str) -> String {
+    let bin = Path::new(argv0)
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "containerd-shim-wedge-v2".into());
+    let mut s = format!(
+        "Usage:\n  {bin} -namespace NS -id ID -address ADDR [-debug] start\n  \
+         {bin} -namespace NS -id ID -bundle DIR delete\n  \
+         {bin} -namespace NS -id ID -address ADDR [-socket PATH]   (the daemon)\n  \
+         {bin} -info\n  {bin} -v\n\n\
+         Wedge, a containerd shim v2 that runs containers with an OCI runtime (runc, crun, youki).\n\
+         containerd runs it; this binary answers as runtime {name}. Installed as\n\
+         containerd-shim-wedge-v2 it is io.containerd.wedge.v2; installed as\n\
+         containerd-shim-runc-v2 it replaces the Go shim for io.containerd.runc.v2 (Docker, CRI).\n\n\
+         Actions:\n  \
+         start    start (or reuse) the shim of this container's group and print its address\n  \
+         delete   clean up after a container whose shim is gone; prints a DeleteResponse\n  \
+         (none)   serve the Task API over ttrpc on fd 3 (or -socket)\n\nFlags:\n"
+    );
+    for (flag, help) in FLAG_HELP {
+        s.push_str(&format!("  {flag:<24} {help}\n"));
+    }
+    s
+}
+
 /// Runs the binary; returns the process exit code.
 pub fn run() -> i32 {
     let argv: Vec<String> = std::env::args().collect();
     let argv0 = argv.first().cloned().unwrap_or_default();
     let name = runtime_name(&argv0);
-    let flags = match parse(argv.get(1..).unwrap_or_default()) {
+    let flags: Flags = match crate::flags::parse(argv.get(1..).unwrap_or_default()) {
         Ok(f) => f,
         Err(e) => {
-            eprint!("{name}: {e}");
+            eprintln!("{name}: {e}");
+            eprint!("{}", usage(&argv0, &name));
             return 2;
         }
     };
+    if flags.help {
+        print!("{}", usage(&argv0, &name));
+        return 0;
+    }
     if flags.version {
         println!(
-            "{argv0}:\n  Version:  {}\n  Revision: wedge\n  Rust shim",
-            env!("CARGO_PKG_VERSION")
+            "{argv0}:\n  Version:  {}\n  Revision: {}\n  Runtime:  {name} (Wedge, Rust)",
+            crate::VERSION,
+            crate::REVISION
         );
         return 0;
     }
+    if flags.info {
+        return match crate::manager::info(&name) {
+            Ok(bytes) => {
+                let mut out = std::io::stdout();
+                match out.write_all(&bytes).and_then(|()| out.flush()) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("{name}: write runtime info: {e}");
+                        1
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                1
+            }
+        };
+    }
     if flags.namespace.is_empty() {
-        eprint!("shim namespace cannot be empty");
+        eprintln!("shim namespace cannot be empty");
         return 1;
     }
     crate::log::set_debug(flags.debug);
@@ -141,7 +113,7 @@ pub fn run() -> i32 {
     match res {
         Ok(()) => 0,
         Err(e) => {
-            eprint!("{name}: {e}");
+            eprintln!("{name}: {e}");
             1
         }
     }
@@ -150,42 +122,6 @@ pub fn run() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
-    }
-
-    #[test]
-    fn parses_containerd_start_line() {
-        let f = parse(&args(
-            "-namespace default -address /run/c.sock -publish-binary /usr/bin/containerd -id c1 -debug start",
-        ))
-        .unwrap();
-        assert_eq!(f.namespace, "default");
-        assert_eq!(f.address, "/run/c.sock");
-        assert_eq!(f.id, "c1");
-        assert!(f.debug);
-        assert_eq!(f.action.as_deref(), Some("start"));
-    }
-
-    #[test]
-    fn go_flag_forms() {
-        let f = parse(&args(
-            "--namespace=ns --id x -debug=false -bundle=/b delete",
-        ))
-        .unwrap();
-        assert_eq!(
-            (f.namespace.as_str(), f.id.as_str(), f.bundle.as_str()),
-            ("ns", "x", "/b")
-        );
-        assert!(!f.debug);
-        assert_eq!(f.action.as_deref(), Some("delete"));
-        assert_eq!(parse(&args("-namespace ns")).unwrap().action, None);
-        assert!(parse(&args("-v")).unwrap().version);
-        assert!(parse(&args("-nope 1")).is_err());
-        assert!(parse(&args("-id")).is_err());
-        assert!(parse(&args("-debug=maybe")).is_err());
-    }
 
     #[test]
     fn runtime_names() {
@@ -198,5 +134,17 @@ mod tests {
             "io.containerd.wedge.v2"
         );
         assert_eq!(runtime_name("other"), "io.containerd.wedge.v2");
+    }
+
+    #[test]
+    fn usage_names_every_flag_and_action() {
+        let u = usage("/usr/bin/containerd-shim-runc-v2", "io.containerd.runc.v2");
+        for (flag, _) in FLAG_HELP {
+            assert!(u.contains(flag), "{flag}");
+        }
+        for word in ["start", "delete", "-info", "io.containerd.runc.v2"] {
+            assert!(u.contains(word), "{word}");
+        }
+        assert!(u.ends_with('\n'));
     }
 }

@@ -1,15 +1,21 @@
-//! The `start` and `delete` actions: the short-lived invocations containerd
-//! makes around the long-running daemon.
+//! The short-lived invocations containerd makes around the long-running
+//! daemon: `start`, `delete` and `-info`.
 //!
-//! `start` (cwd = bundle): picks the group from the spec's annotations,
-//! derives the socket `/run/containerd/s/<sha256(address/ns/group)>`, reuses a
-//! live shim of the same group or binds a new socket (a file, 0600, never
-//! abstract), writes `address` atomically, starts the daemon with the
-//! listener as fd 3, applies `shim_cgroup` and `oom_score_adj`, and prints
-//! only the address.
+//! `start` (cwd = bundle): reads its stdin ([`crate::bootstrap::StartInput`]:
+//! containerd 2.3's BootstrapParams, the legacy options Any, or nothing),
+//! picks the group from the spec's annotations, derives the socket
+//! `<socket dir>/<sha256(address/ns/group)>` (the socket dir is containerd
+//! 2.3's `socket_dir`, else `/run/containerd/s`), reuses a live shim of the
+//! same group or binds a new socket (a file, 0600, never abstract), writes
+//! `address` atomically, starts the daemon with the listener as fd 3, applies
+//! `shim_cgroup` and `oom_score_adj`, and prints only its reply: a
+//! BootstrapResult to containerd 2.3+, the plain address to older ones.
 //!
 //! `delete` (cwd = bundle): runs after every container, so it is idempotent:
 //! `runtime delete --force`, unmount `rootfs`, and print a `DeleteResponse`.
+//!
+//! `-info`: the `RuntimeInfo` containerd 2.x asks for: name, version, the
+//! options given on stdin, and the OCI runtime's `features` document.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -17,14 +23,19 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim::shim::DeleteResponse;
 use sha2::{Digest, Sha256};
 
-use crate::cli::Flags;
+use crate::bootstrap::{RuntimeInfo, StartInput};
+use crate::flags::Flags;
 use crate::options::Options;
+
+/// Most bytes read from stdin (the Go shim's limit too).
+const STDIN_MAX: u64 = 10 << 20;
 
 /// Directory of shim sockets, shared by every containerd on the machine.
 pub const SOCKET_DIR: &str = "/run/containerd/s";
@@ -74,30 +85,61 @@ pub fn clean_path(p: &str) -> String {
     }
 }
 
-/// The socket path for (containerd address, namespace, group).
+/// The socket path for (containerd address, namespace, group) in the
+/// default socket directory.
 pub fn socket_path(address: &str, namespace: &str, group: &str) -> PathBuf {
+    socket_path_in(Path::new(SOCKET_DIR), address, namespace, group)
+}
+
+/// The socket path for (containerd address, namespace, group) in `dir`.
+pub fn socket_path_in(dir: &Path, address: &str, namespace: &str, group: &str) -> PathBuf {
     let joined = clean_path(&format!("{address}/{namespace}/{group}"));
     let digest = Sha256::digest(joined.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Path::new(SOCKET_DIR).join(hex)
+    dir.join(hex)
 }
+
+/// The bundle's link to a socket directory containerd chose (`s`, as the Go
+/// shim names it), so that `delete` can find a dead shim's socket there.
+const SOCKET_DIR_LINK: &str = "s";
 
 fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |err| format!("{what}: {err}")
 }
 
-/// `start`: prints the address of a (new or reused) shim for this group.
+/// `start`: prints the reply for a (new or reused) shim for this group.
 pub fn start(flags: &Flags) -> Result<(), String> {
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .take(STDIN_MAX)
+        .read_to_end(&mut raw)
+        .map_err(e("read stdin"))?;
+    let input = StartInput::decode(&raw, &flags.id, &flags.namespace)?;
+    let opts = Options::from_any(input.options()).map_err(|err| err.to_string())?;
+    let (grpc, ttrpc, debug) = match &input {
+        StartInput::Bootstrap(p) => (
+            Some(p.grpc_address.as_str()).filter(|a| !a.is_empty()),
+            Some(p.ttrpc_address.as_str()).filter(|a| !a.is_empty()),
+            flags.debug || p.debug(),
+        ),
+        _ => (None, None, flags.debug),
+    };
+    let grpc = grpc.unwrap_or(&flags.address);
     let config = std::fs::read_to_string("config.json").map_err(e("read config.json"))?;
     let group = group_id(&config, &flags.id);
-    let path = socket_path(&flags.address, &flags.namespace, &group);
+    let dir = Path::new(input.socket_dir().unwrap_or(SOCKET_DIR));
+    let path = socket_path_in(dir, grpc, &flags.namespace, &group);
     let address = format!("unix://{}", path.display());
+    let reply = input.reply(&address);
 
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(SOCKET_DIR)
+        .create(dir)
         .map_err(e("create socket dir"))?;
+    if input.socket_dir().is_some() {
+        link_socket_dir(dir).map_err(e("link socket dir"))?;
+    }
     let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
         Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
@@ -105,8 +147,7 @@ pub fn start(flags: &Flags) -> Result<(), String> {
                 // Grouping: another container of this group already has a shim.
                 crate::fsutil::write_atomic(Path::new("address"), address.as_bytes(), 0o666)
                     .map_err(e("write address"))?;
-                print!("{address}");
-                return Ok(());
+                return print_reply(&reply);
             }
             std::fs::remove_file(&path).map_err(e("remove stale socket"))?;
             UnixListener::bind(&path).map_err(e("listen"))?
@@ -137,10 +178,13 @@ pub fn start(flags: &Flags) -> Result<(), String> {
         "-id",
         &flags.id,
         "-address",
-        &flags.address,
+        grpc,
     ]);
-    if flags.debug {
+    if debug {
         cmd.arg("-debug");
+    }
+    if let Some(t) = ttrpc {
+        cmd.env("TTRPC_ADDRESS", t);
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -152,11 +196,6 @@ pub fn start(flags: &Flags) -> Result<(), String> {
     drop(fd);
 
     let setup = || -> Result<(), String> {
-        let mut raw = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut raw)
-            .map_err(e("read options"))?;
-        let opts = decode_start_options(&raw)?;
         if !opts.shim_cgroup.is_empty() {
             join_cgroup(child.id(), &opts.shim_cgroup)?;
         }
@@ -167,19 +206,113 @@ pub fn start(flags: &Flags) -> Result<(), String> {
         let _ = child.wait();
         return Err(cleanup(err));
     }
-    print!("{address}");
-    let _ = std::io::stdout().flush();
-    Ok(())
+    print_reply(&reply)
 }
 
-/// Options on `start`'s stdin: a protobuf Any (or nothing).
-fn decode_start_options(raw: &[u8]) -> Result<Options, String> {
-    if raw.is_empty() {
-        return Ok(Options::default());
+fn print_reply(reply: &[u8]) -> Result<(), String> {
+    let mut out = std::io::stdout();
+    out.write_all(reply)
+        .and_then(|()| out.flush())
+        .map_err(e("write reply"))
+}
+
+/// Points the bundle's `s` link at `dir` (replacing an older link).
+fn link_socket_dir(dir: &Path) -> std::io::Result<()> {
+    if std::fs::read_link(SOCKET_DIR_LINK).is_ok_and(|t| t == dir) {
+        return Ok(());
     }
-    let any = containerd_shim_protos::protobuf::well_known_types::any::Any::parse_from_bytes(raw)
-        .map_err(e("decode options"))?;
-    Options::from_any(Some(&any)).map_err(|err| err.to_string())
+    let tmp = format!(".{SOCKET_DIR_LINK}.{}", std::process::id());
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(dir, &tmp)?;
+    std::fs::rename(&tmp, SOCKET_DIR_LINK)
+}
+
+/// `-info`: the runtime's `RuntimeInfo`, with the options on stdin (a
+/// runtime options Any, or nothing) applied and echoed.
+pub fn info(name: &str) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .take(STDIN_MAX)
+        .read_to_end(&mut raw)
+        .map_err(e("read stdin"))?;
+    let options = if raw.is_empty() {
+        None
+    } else {
+        Some(Any::parse_from_bytes(&raw).map_err(e("decode runtime options"))?)
+    };
+    let opts = Options::from_any(options.as_ref())
+        .map_err(|err| format!("failed to read runtime options: {err}"))?;
+    let binary = look_path(opts.binary())
+        .ok_or_else(|| format!("failed to look up the path of {:?}", opts.binary()))?;
+    Ok(RuntimeInfo {
+        name: name.to_string(),
+        version: crate::VERSION.to_string(),
+        revision: crate::REVISION.to_string(),
+        options,
+        features: runtime_features(&binary),
+    }
+    .encode())
+}
+
+/// Resolves a binary name as `exec.LookPath` does: a path with a slash as
+/// is, otherwise the first executable match on `$PATH`.
+fn look_path(binary: &str) -> Option<PathBuf> {
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if binary.contains('/') {
+        let p = PathBuf::from(binary);
+        return executable(&p).then_some(p);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(if d.is_empty() { "." } else { d }).join(binary))
+        .find(|p| executable(p))
+}
+
+/// The OCI runtime's `features` JSON, or `None` (said on stderr) when it
+/// has none.
+fn runtime_features(binary: &Path) -> Option<Vec<u8>> {
+    let mut child = match Command::new(binary)
+        .arg("features")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("{} features: {err}; no features reported", binary.display());
+            return None;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!(
+                "{} features: timed out; no features reported",
+                binary.display()
+            );
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().ok()?;
+    let json = out.stdout.trim_ascii();
+    if out.status.success() && serde_json::from_slice::<serde_json::Value>(json).is_ok() {
+        return Some(json.to_vec());
+    }
+    eprintln!(
+        "{} features: {} {}; no features reported",
+        binary.display(),
+        out.status,
+        String::from_utf8_lossy(out.stderr.trim_ascii())
+    );
+    None
 }
 
 fn shim_alive(path: &Path) -> bool {
@@ -199,7 +332,11 @@ fn remove_dead_socket(bundle: &Path) {
         return;
     };
     let path = Path::new(addr.trim().trim_start_matches("unix://"));
-    if !path.starts_with(SOCKET_DIR) || !path.exists() || shim_alive(path) {
+    let chosen = std::fs::read_link(bundle.join(SOCKET_DIR_LINK)).ok();
+    let ours = path
+        .parent()
+        .is_some_and(|d| d == Path::new(SOCKET_DIR) || chosen.as_deref().is_some_and(|c| d == c));
+    if !ours || !path.exists() || shim_alive(path) {
         return;
     }
     let _ = std::fs::remove_file(path);
@@ -348,8 +485,10 @@ mod tests {
     }
 
     #[test]
-    fn start_options_decode() {
-        assert_eq!(decode_start_options(b"").unwrap(), Options::default());
-        assert!(decode_start_options(&[0xff, 0xff]).is_err());
+    fn finds_binaries_like_exec_lookpath() {
+        assert_eq!(look_path("/bin/sh"), Some(PathBuf::from("/bin/sh")));
+        assert!(look_path("sh").is_some_and(|p| p.is_absolute()));
+        assert_eq!(look_path("/nonexistent/runc"), None);
+        assert_eq!(look_path("no-such-binary-anywhere"), None);
     }
 }

@@ -54,6 +54,17 @@ pub struct Options {
     pub output_spill_max: Option<u64>,
 }
 
+/// Whether `type_url` names a runtime options message this shim reads.
+pub fn is_options_type(type_url: &str) -> bool {
+    matches!(
+        type_url.rsplit('/').next().unwrap_or(type_url),
+        "containerd.runc.v1.Options"
+            | "runtimeoptions.v1.Options"
+            | "cri.runtimeoptions.v1.Options"
+            | "containerd.runtimeoptions.v1.Options"
+    )
+}
+
 /// Default runtime state root.
 pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
 

@@ -17,8 +17,8 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
-use crate::cli::Flags;
 use crate::events::Publisher;
+use crate::flags::Flags;
 use crate::reaper::{become_subreaper, Reaper};
 use crate::runtime::runc::Runc;
 use crate::runtime::{Runtime, RuntimeFactory};

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use containerd_shim_protos::shim::shim::{
     ConnectRequest, ConnectResponse, DeleteResponse, ShutdownRequest,
 };
@@ -19,21 +21,52 @@ fn shim() -> Command {
 }
 
 #[test]
-fn version_and_missing_namespace() {
+fn version_help_and_missing_namespace() {
     let v = shim().arg("-v").output().unwrap();
     assert!(v.status.success());
-    assert!(String::from_utf8_lossy(&v.stdout).contains("Version:"));
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        text.contains(&format!("Version:  {}", wedge::VERSION)),
+        "{text}"
+    );
+    // The revision is the commit the binary was built from.
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert!(text.contains(&format!("Revision: {head}\n")), "{text}");
+    for flag in ["-h", "-help", "--help"] {
+        let h = shim().arg(flag).output().unwrap();
+        assert_eq!(h.status.code(), Some(0), "{flag}");
+        let usage = String::from_utf8_lossy(&h.stdout);
+        for word in [
+            "start",
+            "delete",
+            "-info",
+            "-namespace",
+            "io.containerd.wedge.v2",
+        ] {
+            assert!(usage.contains(word), "{flag}: {word} missing from {usage}");
+        }
+    }
     let no_ns = shim().args(["-id", "x", "start"]).output().unwrap();
     assert_eq!(no_ns.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&no_ns.stderr),
-        "shim namespace cannot be empty"
+        "shim namespace cannot be empty\n"
     );
     let bad = shim()
         .args(["-namespace", "n", "-bogus", "start"])
         .output()
         .unwrap();
-    assert!(!bad.status.success());
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.starts_with("io.containerd.wedge.v2: flag provided but not defined: -bogus\n"),
+        "{err}"
+    );
 }
 
 fn call<Req: Message, Resp: Message>(addr: &str, method: &str, req: &Req) -> Resp {
@@ -154,4 +187,265 @@ fn delete_is_idempotent_and_reports_a_kill() {
         assert!(resp.exited_at.is_some());
     }
     let _ = std::fs::remove_dir_all("/run/containerd/runc/cli-test-del");
+}
+
+/// The fields of a `RuntimeInfo` (`-info`'s output).
+#[derive(Debug, Default, PartialEq)]
+struct Info {
+    name: String,
+    version: String,
+    revision: String,
+    options: Option<Any>,
+    features: Option<(String, serde_json::Value)>,
+}
+
+fn decode_info(raw: &[u8]) -> Info {
+    use containerd_shim_protos::protobuf::rt::WireType;
+    use containerd_shim_protos::protobuf::CodedInputStream;
+    let fields = |raw: &[u8]| -> Vec<(u32, Vec<u8>)> {
+        let mut is = CodedInputStream::from_bytes(raw);
+        let mut v = Vec::new();
+        while let Some(tag) = is.read_raw_tag_or_eof().unwrap() {
+            assert_eq!(tag & 7, 2, "every RuntimeInfo field is length-delimited");
+            v.push((tag >> 3, is.read_bytes().unwrap()));
+        }
+        let _ = WireType::LengthDelimited;
+        v
+    };
+    let mut info = Info::default();
+    for (n, b) in fields(raw) {
+        match n {
+            1 => info.name = String::from_utf8(b).unwrap(),
+            2 => {
+                for (m, s) in fields(&b) {
+                    let s = String::from_utf8(s).unwrap();
+                    match m {
+                        1 => info.version = s,
+                        _ => info.revision = s,
+                    }
+                }
+            }
+            3 => info.options = Some(Any::parse_from_bytes(&b).unwrap()),
+            4 => {
+                let a = Any::parse_from_bytes(&b).unwrap();
+                info.features = Some((a.type_url, serde_json::from_slice(&a.value).unwrap()));
+            }
+            other => panic!("unexpected RuntimeInfo field {other}"),
+        }
+    }
+    info
+}
+
+fn run_info(bin: &Path, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut c = Command::new(bin)
+        .arg("-info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin).unwrap();
+    c.wait_with_output().unwrap()
+}
+
+fn runc_options(binary: &str) -> Any {
+    let mut o = RuncOptions::new();
+    o.binary_name = binary.into();
+    let mut a = Any::new();
+    a.type_url = "containerd.runc.v1.Options".into();
+    a.value = o.write_to_bytes().unwrap();
+    a
+}
+
+/// `-info` answers what containerd 2.x asks: the runtime's name, Wedge's
+/// version and revision, the options it was given, and the OCI runtime's
+/// `features`; field for field what the Go shim of the containerd under test
+/// prints, where that Go shim has `-info` (containerd 2.x).
+#[test]
+fn info_reports_name_version_options_and_runtime_features() {
+    let me = Path::new(env!("CARGO_BIN_EXE_containerd-shim-wedge-v2"));
+    let opts = runc_options("runc");
+    let out = run_info(me, &opts.write_to_bytes().unwrap());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = decode_info(&out.stdout);
+    assert_eq!(ours.name, "io.containerd.wedge.v2");
+    assert_eq!(
+        (ours.version.as_str(), ours.revision.as_str()),
+        (wedge::VERSION, wedge::REVISION)
+    );
+    assert_eq!(ours.options.as_ref(), Some(&opts));
+    let runc = Command::new("runc").arg("features").output().unwrap();
+    let want: serde_json::Value = serde_json::from_slice(&runc.stdout).unwrap();
+    let (url, features) = ours.features.clone().expect("features");
+    assert_eq!(
+        url,
+        "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
+    );
+    assert_eq!(features, want);
+
+    // The Go shim of the containerd under test, when it has -info.
+    let go = common::containerd_bin("containerd-shim-runc-v2");
+    let go_out = run_info(&go, &opts.write_to_bytes().unwrap());
+    if go_out.status.success() {
+        let theirs = decode_info(&go_out.stdout);
+        assert_eq!(theirs.name, "io.containerd.runc.v2");
+        assert_eq!(theirs.options, ours.options);
+        assert_eq!(theirs.features, ours.features);
+    } else {
+        let err = String::from_utf8_lossy(&go_out.stderr);
+        assert!(
+            err.contains("flag provided but not defined: -info"),
+            "the Go shim failed otherwise: {err}"
+        );
+    }
+
+    // No stdin: no options echoed.
+    let bare = decode_info(&run_info(me, b"").stdout);
+    assert_eq!(bare.options, None);
+    assert!(bare.features.is_some());
+    // A runtime without `features`: no features, still success, and said.
+    let out = run_info(me, &runc_options("/bin/false").write_to_bytes().unwrap());
+    assert!(out.status.success());
+    assert_eq!(decode_info(&out.stdout).features, None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no features reported"));
+    // A missing runtime, or stdin that is not options: exit 1 with a reason.
+    let out = run_info(
+        me,
+        &runc_options("/nonexistent/runc").write_to_bytes().unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed to look up the path"));
+    let out = run_info(me, &[0xff, 0xff, 0xff]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+}
+
+/// containerd 2.3's `BootstrapParams`, encoded as containerd encodes it.
+fn bootstrap_params(id: &str, ns: &str, grpc: &str, socket_dir: &Path) -> Vec<u8> {
+    use containerd_shim_protos::protobuf::CodedOutputStream;
+    let opts = runc_options("runc").write_to_bytes().unwrap();
+    let mut ext = Vec::new();
+    {
+        let mut os = CodedOutputStream::vec(&mut ext);
+        os.write_bytes(1, &opts).unwrap();
+        os.flush().unwrap();
+    }
+    let mut v = Vec::new();
+    {
+        let mut os = CodedOutputStream::vec(&mut v);
+        os.write_string(1, id).unwrap();
+        os.write_string(2, ns).unwrap();
+        os.write_string(4, "v2.3.4").unwrap();
+        os.write_string(5, &format!("{grpc}.ttrpc")).unwrap();
+        os.write_string(6, grpc).unwrap();
+        os.write_string(7, "/usr/bin/containerd").unwrap();
+        os.write_bytes(8, &ext).unwrap();
+        os.write_string(9, socket_dir.to_str().unwrap()).unwrap();
+        os.flush().unwrap();
+    }
+    v
+}
+
+/// Under containerd 2.3 `start` reads BootstrapParams, puts the socket in
+/// the `socket_dir` it names, links that directory from the bundle, and
+/// answers with a BootstrapResult; `delete` finds a dead shim's socket there.
+#[test]
+fn start_answers_bootstrap_params_and_uses_their_socket_dir() {
+    use containerd_shim_protos::protobuf::CodedInputStream;
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let sockets = dir.path().join("s");
+    let bundle = dir.path().join("bs");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), "{}").unwrap();
+    let grpc = dir.path().join("containerd.sock").display().to_string();
+    let mut child = shim()
+        .args([
+            "-namespace",
+            "cli-test",
+            "-address",
+            &grpc,
+            "-publish-binary",
+            "/usr/bin/containerd",
+            "-id",
+            "bs",
+            "start",
+        ])
+        .current_dir(&bundle)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&bootstrap_params("bs", "cli-test", &grpc, &sockets))
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stderr.is_empty());
+    let (mut version, mut address, mut protocol) = (0, String::new(), String::new());
+    let mut is = CodedInputStream::from_bytes(&out.stdout);
+    while let Some(tag) = is.read_raw_tag_or_eof().unwrap() {
+        match tag >> 3 {
+            1 => version = is.read_int32().unwrap(),
+            2 => address = is.read_string().unwrap(),
+            3 => protocol = is.read_string().unwrap(),
+            other => panic!("unexpected BootstrapResult field {other}"),
+        }
+    }
+    let socket = wedge::manager::socket_path_in(&sockets, &grpc, "cli-test", "bs");
+    assert_eq!(
+        (version, address.as_str(), protocol.as_str()),
+        (3, format!("unix://{}", socket.display()).as_str(), "ttrpc")
+    );
+    assert_eq!(std::fs::read_link(bundle.join("s")).unwrap(), sockets);
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let conn: ConnectResponse = call(&address, "Connect", &ConnectRequest::default());
+
+    // The daemon dies: `delete` removes its socket from that directory.
+    Command::new("kill")
+        .args(["-9", &conn.shim_pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{}/exe", conn.shim_pid)).exists() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(socket.exists());
+    std::fs::write(bundle.join("runtime"), "").unwrap();
+    let out = shim()
+        .args([
+            "-namespace",
+            "cli-test",
+            "-address",
+            &grpc,
+            "-id",
+            "bs",
+            "-bundle",
+        ])
+        .arg(&bundle)
+        .arg("delete")
+        .current_dir(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!socket.exists(), "the dead shim's socket is left");
 }

@@ -19,6 +19,9 @@ pub const IMAGE: &str = "docker.io/library/wedge-busybox:latest";
 /// The pod sandbox image: busybox whose command sleeps forever.
 pub const PAUSE_IMAGE: &str = "docker.io/library/wedge-pause:latest";
 pub const WEDGE_RUNTIME: &str = "io.containerd.wedge.v2";
+/// Keeps ctr 2.2+ from printing containerd's deprecation warnings (cgroup v1
+/// on this host) into the output the tests count.
+pub const QUIET_CTR: (&str, &str) = ("CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS", "1");
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 
 /// How Wedge is installed for this containerd.
@@ -59,6 +62,25 @@ pub fn containerd_bin(name: &str) -> PathBuf {
         Some(d) => PathBuf::from(d).join(name),
         None => PathBuf::from(name),
     }
+}
+
+/// The (major, minor) version of the containerd under test.
+pub fn containerd_version() -> (u32, u32) {
+    let out = Command::new(containerd_bin("containerd"))
+        .arg("--version")
+        .output()
+        .expect("containerd --version");
+    // "containerd github.com/containerd/containerd[/v2] v2.3.4 <rev>" or
+    // Debian's "containerd containerd.io 1.6.20~ds1 ..."
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .trim_start_matches('v');
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let num = |p: Option<&str>| p.and_then(|x| x.parse().ok()).unwrap_or(0);
+    (num(parts.next()), num(parts.next()))
 }
 
 fn wedge_binary() -> PathBuf {
@@ -285,6 +307,7 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
     /// Runs `ctr -a ADDR -n NS ARGS…` and returns its output.
     pub fn ctr(&self, args: &[&str]) -> Output {
         Command::new(containerd_bin("ctr"))
+            .env(QUIET_CTR.0, QUIET_CTR.1)
             .args(["-a", &self.address, "-n", &self.ns])
             .args(args)
             .stdin(Stdio::null())
@@ -295,7 +318,8 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
     /// `ctr` with output captured into files (for large outputs).
     pub fn ctr_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(containerd_bin("ctr"));
-        c.args(["-a", &self.address, "-n", &self.ns])
+        c.env(QUIET_CTR.0, QUIET_CTR.1)
+            .args(["-a", &self.address, "-n", &self.ns])
             .args(args)
             .stdin(Stdio::null());
         c
@@ -721,6 +745,7 @@ pub fn threads_and_fds(pid: u32) -> (usize, usize) {
 /// Runs a shell command line under `script`, so the client has a terminal.
 pub fn in_terminal(cmdline: &str) -> Output {
     Command::new("script")
+        .env(QUIET_CTR.0, QUIET_CTR.1)
         .args(["-qec", cmdline, "/dev/null"])
         .stdin(Stdio::null())
         .output()
