@@ -1,9 +1,14 @@
 //! OOM notification for a container's memory cgroup.
 //!
 //! - v1: an eventfd registered through `cgroup.event_control` for
-//!   `memory.oom_control`; each wake-up is one OOM (unless the cgroup was
-//!   removed, which also wakes it).
+//!   `memory.oom_control` wakes the watcher; an OOM is an increase of
+//!   `oom_kill` in `memory.oom_control` (kernels without that counter: each
+//!   wake-up is one OOM, unless the cgroup was removed, which also wakes it).
 //! - v2: inotify on `memory.events`; an OOM is an increase of `oom_kill`.
+//!
+//! Counting against the value at registration means an OOM between the
+//! registration and the first wake-up is still seen: the watch is set up at
+//! Create, before the container's process runs.
 //!
 //! [`OomWatch::check`] is non-blocking and consumes what happened, so the
 //! watcher task and the exit handler can both call it: whoever comes first
@@ -21,8 +26,15 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 enum Kind {
-    V1 { _control: OwnedFd },
-    V2 { events: PathBuf, last: Mutex<u64> },
+    V1 {
+        _control: OwnedFd,
+        /// `oom_kill` at the last check (`None`: the kernel has no counter).
+        last: Option<Mutex<u64>>,
+    },
+    V2 {
+        events: PathBuf,
+        last: Mutex<u64>,
+    },
 }
 
 /// A registered OOM watch.
@@ -33,10 +45,20 @@ pub struct OomWatch {
 }
 
 fn oom_kills(events: &Path) -> u64 {
-    super::read_kv(events.parent().unwrap_or(Path::new("/")), "memory.events")
-        .get("oom_kill")
-        .copied()
-        .unwrap_or(0)
+    v1_oom_kills(events.parent().unwrap_or(Path::new("/")), "memory.events").unwrap_or(0)
+}
+
+/// The `oom_kill` counter of `file` in `dir`, if it has one.
+fn v1_oom_kills(dir: &Path, file: &str) -> Option<u64> {
+    super::read_kv(dir, file).get("oom_kill").copied()
+}
+
+/// Whether `now` is past the last count (and remembers it).
+fn grew(last: &Mutex<u64>, now: u64) -> bool {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    let grew = now > *last;
+    *last = now.max(*last);
+    grew
 }
 
 impl OomWatch {
@@ -48,10 +70,14 @@ impl OomWatch {
             dir.join("cgroup.event_control"),
             format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()),
         )?;
+        let last = v1_oom_kills(dir, "memory.oom_control").map(Mutex::new);
         Ok(OomWatch {
             fd: crate::sys::async_fd(efd, Interest::READABLE)?,
             dir: dir.to_path_buf(),
-            kind: Kind::V1 { _control: control },
+            kind: Kind::V1 {
+                _control: control,
+                last,
+            },
         })
     }
 
@@ -74,20 +100,19 @@ impl OomWatch {
     /// Whether an OOM happened since the last call (non-blocking).
     pub fn check(&self) -> bool {
         match &self.kind {
-            Kind::V1 { .. } => {
+            Kind::V1 { last, .. } => {
                 let mut buf = [0u8; 8];
                 let woke = matches!(rustix::io::read(self.fd.get_ref(), &mut buf), Ok(8));
-                // Removal of the cgroup also wakes the eventfd: not an OOM.
-                woke && self.dir.exists()
+                match (last, v1_oom_kills(&self.dir, "memory.oom_control")) {
+                    (Some(last), Some(now)) => grew(last, now),
+                    // Removal of the cgroup also wakes the eventfd: not an OOM.
+                    _ => woke && self.dir.exists(),
+                }
             }
             Kind::V2 { events, last } => {
                 let mut buf = [0u8; 1024];
                 while matches!(rustix::io::read(self.fd.get_ref(), &mut buf), Ok(n) if n > 0) {}
-                let now = oom_kills(events);
-                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-                let grew = now > *last;
-                *last = now.max(*last);
-                grew
+                grew(last, oom_kills(events))
             }
         }
     }
@@ -108,6 +133,21 @@ impl OomWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An OOM that happened after registration but before any wake-up
+    /// is seen through the counter, once.
+    #[tokio::test]
+    async fn v1_counts_oom_kill_increases_once() {
+        let d = tempfile::tempdir().unwrap();
+        let ctl = d.path().join("memory.oom_control");
+        std::fs::write(&ctl, "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        std::fs::write(d.path().join("cgroup.event_control"), "").unwrap();
+        let w = OomWatch::v1(d.path()).unwrap();
+        assert!(!w.check(), "earlier kills are not this container's");
+        std::fs::write(&ctl, "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").unwrap();
+        assert!(w.check());
+        assert!(!w.check(), "reported once");
+    }
 
     #[tokio::test]
     async fn v2_counts_oom_kill_increases_once() {

@@ -442,6 +442,8 @@ impl TaskService {
                 init.close_io(Duration::from_millis(100)).await;
                 return Err(undo(e));
             }
+            // Before the process runs: an OOM at its first allocation counts.
+            self.watch_oom(&c);
         }
         lock(&self.containers).insert(req.id.clone(), c.clone());
         Ok(c)
@@ -478,7 +480,8 @@ impl TaskService {
         })
     }
 
-    /// Registers the OOM watch of a started container (once).
+    /// Registers the OOM watch of a created container (once; a container
+    /// restored from a checkpoint gets it at Start).
     fn watch_oom(&self, c: &Arc<Container>) {
         if c.oom().is_some() {
             return;

@@ -359,12 +359,12 @@ impl TaskService {
     /// ResizePty: sets the process's terminal size (no-op without one).
     pub async fn resize_pty(&self, req: ResizePtyRequest) -> Result<()> {
         let p = self.get(&req.id)?.process(&req.exec_id)?;
+        // Init's terminal can be resized until Delete (clients resize right
+        // after Start, which may be after a quick exit); an exec's only
+        // while it runs.
         let st = p.state().status;
-        if matches!(st, Status::Stopped | Status::Deleted) {
-            return Err(Error::Unknown(format!(
-                "cannot resize a {} process",
-                st.name()
-            )));
+        if !req.exec_id.is_empty() && matches!(st, Status::Stopped | Status::Deleted) {
+            return Err(Error::Unknown("cannot resize a stopped container".into()));
         }
         p.resize(req.width, req.height)
             .await
