@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::task::AbortHandle;
@@ -10,6 +11,7 @@ use tokio::task::AbortHandle;
 use crate::cgroup::oom::OomWatch;
 use crate::cgroup::Cgroup;
 use crate::error::{Error, Result};
+use crate::host::Host;
 use crate::options::Options;
 use crate::process::Process;
 use crate::runtime::{ProcessStdio, Runtime};
@@ -53,6 +55,8 @@ pub struct Container {
     pub checkpoint: Option<Checkpoint>,
     /// Where and how much its processes' output spills.
     pub spill: SpillPolicy,
+    /// How its cgroup is found.
+    host: Arc<dyn Host>,
     /// The init process.
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
@@ -60,6 +64,9 @@ pub struct Container {
     oom: Mutex<Option<(Arc<OomWatch>, AbortHandle)>>,
     /// Set for a container created from a checkpoint, until Start.
     pub pending_restore: Mutex<Option<PendingRestore>>,
+    /// The runtime's `kill` hung for this container once: later signals are
+    /// delivered by the shim without waiting for it again.
+    kill_hung: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,6 +85,7 @@ impl Container {
         kill_all_on_exit: bool,
         checkpoint: Option<Checkpoint>,
         spill: SpillPolicy,
+        host: Arc<dyn Host>,
         init: Arc<Process>,
     ) -> Arc<Self> {
         Arc::new(Container {
@@ -89,11 +97,13 @@ impl Container {
             kill_all_on_exit,
             checkpoint,
             spill,
+            host,
             init,
             execs: Mutex::new(HashMap::new()),
             cgroup: Mutex::new(None),
             oom: Mutex::new(None),
             pending_restore: Mutex::new(None),
+            kill_hung: AtomicBool::new(false),
         })
     }
 
@@ -146,7 +156,7 @@ impl Container {
     pub fn cgroup(&self) -> Option<Arc<Cgroup>> {
         let mut cg = lock(&self.cgroup);
         if cg.is_none() && self.init.pid() != 0 {
-            *cg = Cgroup::for_pid(self.init.pid()).ok().map(Arc::new);
+            *cg = self.host.cgroup_of(self.init.pid()).map(Arc::new);
         }
         cg.clone()
     }
@@ -161,6 +171,16 @@ impl Container {
     /// The OOM watch, if registered.
     pub fn oom(&self) -> Option<Arc<OomWatch>> {
         lock(&self.oom).as_ref().map(|(w, _)| w.clone())
+    }
+
+    /// Remembers that the runtime's `kill` hung for this container.
+    pub fn set_kill_hung(&self) {
+        self.kill_hung.store(true, Ordering::Release);
+    }
+
+    /// Whether the runtime's `kill` hung for this container before.
+    pub fn kill_hung(&self) -> bool {
+        self.kill_hung.load(Ordering::Acquire)
     }
 
     /// Stops watching for OOM.

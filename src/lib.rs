@@ -25,6 +25,7 @@ pub mod events;
 pub mod exitfile;
 pub mod flags;
 pub mod fsutil;
+pub mod host;
 pub mod manager;
 pub mod mount;
 pub mod options;

@@ -36,6 +36,9 @@ use crate::options::Options;
 
 /// Most bytes read from stdin (the Go shim's limit too).
 const STDIN_MAX: u64 = 10 << 20;
+/// How long `shim delete` lets `runtime delete --force` run: containerd
+/// kills `shim delete` itself after 5 s, and it must print its answer first.
+const SHIM_DELETE_RUNTIME_BOUND: Duration = Duration::from_secs(4);
 
 /// Directory of shim sockets, shared by every containerd on the machine.
 pub const SOCKET_DIR: &str = "/run/containerd/s";
@@ -272,36 +275,68 @@ fn look_path(binary: &str) -> Option<PathBuf> {
         .find(|p| executable(p))
 }
 
-/// The OCI runtime's `features` JSON, or `None` (said on stderr) when it
-/// has none.
-fn runtime_features(binary: &Path) -> Option<Vec<u8>> {
-    let mut child = match Command::new(binary)
-        .arg("features")
+/// Runs a runtime command (stdin null, output captured) in its own process
+/// group; past `limit` the group is killed and the call is an error.
+fn run_bounded(mut cmd: Command, limit: Duration) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
+    // Dies with us: containerd kills `shim delete` when it takes too long.
+    crate::sys::kill_on_parent_death(&mut cmd);
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
+        .process_group(0)
+        .spawn()?;
+    // Drain both pipes while waiting, so a chatty command cannot block.
+    let (mut so, mut se) = (child.stdout.take(), child.stderr.take());
+    let readers = [
+        std::thread::spawn(move || read_to_end(so.as_mut())),
+        std::thread::spawn(move || read_to_end(se.as_mut())),
+    ];
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = crate::sys::kill_process_group(child.id() as i32, libc::SIGKILL);
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("did not finish within {limit:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let [out, err] = readers.map(|r| r.join().unwrap_or_default());
+    Ok(std::process::Output {
+        status,
+        stdout: out,
+        stderr: err,
+    })
+}
+
+fn read_to_end(r: Option<&mut impl Read>) -> Vec<u8> {
+    let mut v = Vec::new();
+    if let Some(r) = r {
+        let _ = r.read_to_end(&mut v);
+    }
+    v
+}
+
+/// The OCI runtime's `features` JSON, or `None` (said on stderr) when it
+/// has none.
+fn runtime_features(binary: &Path) -> Option<Vec<u8>> {
+    let mut cmd = Command::new(binary);
+    cmd.arg("features");
+    let out = match run_bounded(cmd, Duration::from_secs(10)) {
+        Ok(o) => o,
         Err(err) => {
             eprintln!("{} features: {err}; no features reported", binary.display());
             return None;
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while matches!(child.try_wait(), Ok(None)) {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!(
-                "{} features: timed out; no features reported",
-                binary.display()
-            );
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let out = child.wait_with_output().ok()?;
     let json = out.stdout.trim_ascii();
     if out.status.success() && serde_json::from_slice::<serde_json::Value>(json).is_ok() {
         return Some(json.to_vec());
@@ -392,13 +427,18 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
     } else {
         binary.trim().to_string()
     };
-    let out = Command::new(&binary)
-        .args(["--root", &opts.runtime_root(&flags.namespace), "--log"])
+    let mut cmd = Command::new(&binary);
+    cmd.args(["--root", &opts.runtime_root(&flags.namespace), "--log"])
         .arg(dir.join("log.json"))
         .args(["--log-format", "json", "delete", "--force", &flags.id])
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .output();
+        .env_remove("NOTIFY_SOCKET");
+    let out = if dir.join(crate::service::task::DELETE_ABANDONED).exists() {
+        Err(std::io::Error::other(
+            "hung when the shim deleted the task; not run again",
+        ))
+    } else {
+        run_bounded(cmd, SHIM_DELETE_RUNTIME_BOUND)
+    };
     match out {
         Ok(o) if !o.status.success() => {
             eprintln!(

@@ -6,7 +6,12 @@
 //! runtime-command waiters (which filter for their own pid) and the task
 //! service (which matches container and exec pids). A waiter subscribes
 //! *before* it spawns, so an exit can never be reaped unseen.
+//!
+//! Each reap also gets a sequence number, and the last pids reaped are kept,
+//! so that code which opens a pidfd can tell whether the pid was already
+//! reaped (and could name another process) since a point it noted.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -28,11 +33,17 @@ pub struct Exit {
 
 type Subscribers = Mutex<Vec<(u64, mpsc::UnboundedSender<Exit>)>>;
 
+/// How many recent reaps are remembered for [`Reaper::reaped_since`].
+const RECENT: usize = 256;
+
 /// Fans reaped exits out to subscribers.
 #[derive(Default)]
 pub struct Reaper {
     subscribers: Subscribers,
     next_id: AtomicU64,
+    /// (sequence number, pid) of the last reaps; the front is the oldest.
+    recent: Mutex<VecDeque<(u64, i32)>>,
+    reaps: AtomicU64,
 }
 
 /// A live subscription; dropping it unsubscribes.
@@ -98,15 +109,43 @@ impl Reaper {
         }
     }
 
+    /// The sequence number the next reap will get.
+    pub fn seq(&self) -> u64 {
+        self.reaps.load(Ordering::Acquire)
+    }
+
+    /// Whether `pid` may have been reaped since `seq` (true when too many
+    /// reaps happened since to tell).
+    pub fn reaped_since(&self, seq: u64, pid: i32) -> bool {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        match recent.front() {
+            Some((oldest, _)) if *oldest > seq => true,
+            _ => recent.iter().any(|(s, p)| *s >= seq && *p == pid),
+        }
+    }
+
+    fn remember(&self, pid: i32) {
+        let seq = self.reaps.fetch_add(1, Ordering::AcqRel);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back((seq, pid));
+    }
+
     /// Reaps every exited child now, without blocking.
     pub fn reap_all(&self) {
         loop {
             match rustix::process::wait(WaitOptions::NOHANG) {
-                Ok(Some((pid, st))) => self.publish(Exit {
-                    pid: pid.as_raw_nonzero().get(),
-                    status: exit_code(st),
-                    at: SystemTime::now(),
-                }),
+                Ok(Some((pid, st))) => {
+                    let pid = pid.as_raw_nonzero().get();
+                    self.remember(pid);
+                    self.publish(Exit {
+                        pid,
+                        status: exit_code(st),
+                        at: SystemTime::now(),
+                    })
+                }
                 Ok(None) => return,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => return, // ECHILD: nothing left to reap.
@@ -167,6 +206,21 @@ mod tests {
         }
         assert_eq!(seen[&(ok.id() as i32)], 3);
         assert_eq!(seen[&(killed.id() as i32)], 137);
+    }
+
+    #[test]
+    fn remembers_recent_reaps() {
+        let reaper = Reaper::new();
+        let start = reaper.seq();
+        reaper.remember(10);
+        assert!(reaper.reaped_since(start, 10));
+        assert!(!reaper.reaped_since(start, 11));
+        let later = reaper.seq();
+        assert!(!reaper.reaped_since(later, 10));
+        for pid in 0..RECENT as i32 {
+            reaper.remember(1000 + pid);
+        }
+        assert!(reaper.reaped_since(start, 99), "forgotten: assume reaped");
     }
 
     #[test]

@@ -106,6 +106,7 @@ async fn serve(flags: &Flags) -> Result<(), String> {
         factory,
         events.clone(),
         reaper.clone(),
+        Arc::new(crate::host::RealHost),
         shutdown.clone(),
     );
     tokio::spawn(service.clone().handle_exits(service_exits));

@@ -300,13 +300,14 @@ async fn start_pod(
     rt: &mut RuntimeServiceClient<Channel>,
     env: &Env,
     name: &str,
+    handler: &str,
 ) -> (String, PodSandboxConfig) {
     let cfg = pod_config(env, name);
     std::fs::create_dir_all(&cfg.log_directory).unwrap();
     let pod = rt
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(cfg.clone()),
-            runtime_handler: "wedge".into(),
+            runtime_handler: handler.into(),
         })
         .await
         .unwrap()
@@ -392,7 +393,7 @@ fn cri_log_and_exec_sync_output_are_complete() {
         .unwrap();
     rt.block_on(async {
         let mut rt = connect(&env.address).await;
-        let (pod, cfg) = start_pod(&mut rt, &env, "pod-out").await;
+        let (pod, cfg) = start_pod(&mut rt, &env, "pod-out", "wedge").await;
         let writer = start_container(
             &mut rt,
             &pod,
@@ -510,7 +511,7 @@ fn no_line_is_lost_while_containerd_is_down_for_30_s() {
         .unwrap();
     let (pod, cfg, started) = rt.block_on(async {
         let mut rt = connect(&env.address).await;
-        let (pod, cfg) = start_pod(&mut rt, &env, "pod-down").await;
+        let (pod, cfg) = start_pod(&mut rt, &env, "pod-down", "wedge").await;
         let started = unix_now();
         start_container(&mut rt, &pod, &cfg, "chatty", NUMBERED_AT_1MBPS).await;
         (pod, cfg, started)
@@ -584,6 +585,76 @@ fn no_line_is_lost_while_containerd_is_down_for_30_s() {
         let mut rt = connect(&env.address).await;
         remove_pod(&mut rt, &env, &pod).await;
     });
+    cleanup_cgroups(&env);
+    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
+}
+
+/// StopContainer ends a container whose OCI runtime hangs on `kill` and
+/// `delete`: the shim delivers SIGTERM itself past the kill bound, then, after
+/// the stop timeout, SIGKILL to the whole cgroup; the exit is 137 and the
+/// container is removed.
+#[test]
+fn stop_container_ends_a_container_whose_runtime_hangs() {
+    use wedge::service::task::KILL_BOUND;
+    let env = Env::start_with(Install::Wedge, true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        let (pod, cfg) = start_pod(&mut rt, &env, "pod-hang", "hang").await;
+        let id = start_container(
+            &mut rt,
+            &pod,
+            &cfg,
+            "stubborn",
+            "trap '' TERM; while :; do sleep 0.1; done",
+        )
+        .await;
+        env.set_hang("kill", true);
+        env.set_hang("delete", true);
+        let t = Instant::now();
+        rt.stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 2,
+        })
+        .await
+        .unwrap();
+        // The stop timeout, plus one kill bound for SIGTERM and one for
+        // SIGKILL, plus a little.
+        let limit = Duration::from_secs(2) + 2 * KILL_BOUND + Duration::from_secs(3);
+        assert!(t.elapsed() < limit, "StopContainer took {:?}", t.elapsed());
+        let st = wait_exited(&mut rt, &id).await;
+        assert_eq!(st.exit_code, 137);
+        env.set_hang("kill", false);
+        env.set_hang("delete", false);
+        rt.remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        remove_pod(&mut rt, &env, &pod).await;
+        // The hung `runtime delete` left its state, as the shim said; the
+        // runtime cleans it up once it works again.
+        assert!(env
+            .containerd_log()
+            .contains("Not cleaned: the runtime's state"));
+        let _ = std::process::Command::new("runc")
+            .args([
+                "--root",
+                "/run/containerd/runc/k8s.io",
+                "delete",
+                "--force",
+                &id,
+            ])
+            .status();
+    });
+    assert!(
+        env.containerd_log()
+            .contains("the shim delivers signal 9 itself"),
+        "the shim did not kill the container itself"
+    );
     cleanup_cgroups(&env);
     let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
 }

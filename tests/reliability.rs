@@ -516,3 +516,178 @@ fn load_200_containers_and_1000_execs_leave_nothing_behind() {
     env.assert_clean();
     let _ = std::io::stdout().flush();
 }
+
+/// Direct children of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(p, _)| parent_of(*p) == Some(pid))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// An OCI runtime whose `kill` and `delete` hang forever (a wedged cgroup, a
+/// frozen process, a runtime bug) never leaves a container unkillable: past
+/// the kill bound the shim kills it itself (pidfd, then the whole cgroup),
+/// the exit is 137, Delete goes on past its bound, and nothing piles up.
+#[test]
+fn a_hung_runtime_never_leaves_a_container_unkillable() {
+    use wedge::service::task::{DELETE_BOUND, KILL_BOUND};
+    let grace = Duration::from_secs(3);
+    let env = Env::start(Install::DropIn);
+    let rt = env.hang_runc().display().to_string();
+    let group = "io.containerd.runc.v2.group=hung";
+    let run_d = |id: &str| {
+        let out = env.run(
+            id,
+            &["-d", "--runc-binary", &rt, "--annotation", group],
+            &["sleep", "600"],
+        );
+        assert!(out.status.success(), "{id}: {}", stderr(&out));
+    };
+    // An anchor keeps the group's shim alive for the before/after counts.
+    run_d("anchor");
+    env.wait_status("anchor", "RUNNING");
+    let shim = env.shim_pid("anchor").expect("shim");
+    let before = threads_and_fds(shim);
+
+    run_d("victim");
+    env.wait_status("victim", "RUNNING");
+    env.set_hang("kill", true);
+    env.set_hang("delete", true);
+    let t = Instant::now();
+    let out = env.ctr(&["task", "kill", "-s", "KILL", "victim"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("victim", "STOPPED");
+    let took = t.elapsed();
+    assert!(took < KILL_BOUND + grace, "the kill took {took:?}");
+    assert_eq!(env.state("victim", "").exit_status, 137);
+    let t = Instant::now();
+    let out = env.ctr(&["task", "rm", "victim"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        t.elapsed() < DELETE_BOUND + grace,
+        "delete took {:?}: {}",
+        t.elapsed(),
+        env.containerd_log()
+            .lines()
+            .filter(|l| l.contains("victim"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(env
+        .containerd_log()
+        .contains("runtime delete did not finish"));
+
+    // 100 Stats while a kill hangs: answered, no process or memory piles up.
+    run_d("stats");
+    env.wait_status("stats", "RUNNING");
+    let rss0 = rss_kb(shim);
+    let mut kill = env
+        .ctr_cmd(&["task", "kill", "-s", "KILL", "stats"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hung_runtime_calls(shim).1.len(), 1, "the kill hangs");
+    for _ in 0..100 {
+        let _: StatsResponse = env
+            .shim_call(
+                "stats",
+                "Stats",
+                &StatsRequest {
+                    id: "stats".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    let kids = children_of(shim);
+    assert!(
+        kids.len() <= 1 + 3,
+        "runtime processes piled up under the shim: {kids:?}"
+    );
+    assert!(
+        rss_kb(shim) < rss0 + 512,
+        "RSS grew from {rss0} kB to {} kB",
+        rss_kb(shim)
+    );
+    assert!(kill.wait().unwrap().success());
+    env.wait_status("stats", "STOPPED");
+
+    // 50 more kills through the hung runtime (deletes no longer hang).
+    env.set_hang("delete", false);
+    assert!(env.ctr(&["task", "rm", "stats"]).status.success());
+    let ids: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+    for id in &ids {
+        run_d(id);
+    }
+    for id in &ids {
+        env.wait_status(id, "RUNNING");
+    }
+    for batch in ids.chunks(25) {
+        let kills: Vec<_> = batch
+            .iter()
+            .map(|id| {
+                env.ctr_cmd(&["task", "kill", "-s", "KILL", id])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut k in kills {
+            assert!(k.wait().unwrap().success());
+        }
+    }
+    for id in &ids {
+        env.wait_status(id, "STOPPED");
+        assert_eq!(env.state(id, "").exit_status, 137, "{id}");
+        assert!(env.ctr(&["task", "rm", id]).status.success(), "{id}");
+    }
+    env.set_hang("kill", false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hung_runtime_calls(shim).1.is_empty() || threads_and_fds(shim) != before {
+        assert!(
+            Instant::now() < deadline,
+            "left: runtime calls {:?}; threads and fds {:?}, before {before:?}",
+            hung_runtime_calls(shim),
+            threads_and_fds(shim)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Only the anchor's processes are left in the namespace's cgroups.
+    let anchor = env.state("anchor", "").pid;
+    let left: Vec<u32> = pids_in_namespace_cgroup(&env.ns)
+        .into_iter()
+        .filter(|p| *p != anchor)
+        .collect();
+    assert!(left.is_empty(), "container processes left: {left:?}");
+    for id in ["victim", "stats"]
+        .into_iter()
+        .chain(ids.iter().map(|s| s.as_str()))
+    {
+        let _ = env.ctr(&["container", "rm", id]);
+    }
+    // The hung `runtime delete` left the victim's runtime state, as the shim
+    // said; the runtime cleans it up once it works again.
+    let _ = Command::new("runc")
+        .args(["--root", &format!("/run/containerd/runc/{}", env.ns)])
+        .args(["delete", "--force", "victim"])
+        .status();
+    env.finish("anchor");
+    env.assert_clean();
+    // No runtime call outlived its caller (orphans are reparented to init).
+    let orphans: Vec<u32> = hung_runtime_calls(1).1;
+    assert!(orphans.is_empty(), "orphaned runtime calls: {orphans:?}");
+}

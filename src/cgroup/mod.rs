@@ -1,12 +1,13 @@
 //! cgroups of a container: where they are (v1 per-controller directories, or
 //! one v2 directory), their statistics as containerd's `Metrics` messages,
-//! and OOM notification ([`oom`]).
+//! OOM notification ([`oom`]), and killing every process of it ([`kill`]).
 //!
 //! The layout is read from `/proc/<pid>/cgroup` and `/proc/self/mountinfo`,
 //! so it works in nested setups where a hierarchy is mounted with a non-root
 //! `root`. Parsing takes plain directories, so both versions are unit-tested
 //! on recorded cgroupfs trees (`tests/fixtures/cgroup/`).
 
+pub mod kill;
 pub mod oom;
 pub mod v1;
 pub mod v2;

@@ -11,6 +11,7 @@ pub mod state;
 
 pub use state::{Op, Status};
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -56,6 +57,9 @@ pub struct Process {
     /// The reaper collected it; its exit may not be reported yet (its output
     /// is still being delivered), but its pid is no longer its own.
     reaped: AtomicBool,
+    /// A pidfd for the process while it is alive: signals through it cannot
+    /// reach a later owner of the pid.
+    pidfd: Mutex<Option<OwnedFd>>,
 }
 
 impl Process {
@@ -72,6 +76,7 @@ impl Process {
             io: tokio::sync::Mutex::new(None),
             stdin_closed: AtomicBool::new(false),
             reaped: AtomicBool::new(false),
+            pidfd: Mutex::new(None),
         }
     }
 
@@ -103,9 +108,35 @@ impl Process {
         }
     }
 
-    /// Marks the process as reaped. Returns false if it already was.
+    /// Marks the process as reaped (and lets its pidfd go). Returns false
+    /// if it already was.
     pub fn mark_reaped(&self) -> bool {
+        self.pidfd.lock().unwrap_or_else(|p| p.into_inner()).take();
         !self.reaped.swap(true, Ordering::AcqRel)
+    }
+
+    /// Keeps a pidfd opened for the process while it was known to be alive.
+    pub fn set_pidfd(&self, fd: OwnedFd) {
+        if !self.is_reaped() {
+            *self.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = Some(fd);
+        }
+    }
+
+    /// Sends `sig` to the process through its pidfd; never once it was
+    /// reaped (its pid may be someone else's by then), never by bare pid.
+    pub fn signal(&self, sig: i32) -> std::io::Result<()> {
+        if self.is_reaped() {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        match self
+            .pidfd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(fd) => crate::sys::pidfd_send_signal(fd.as_fd(), sig),
+            None => Err(std::io::Error::other("no pidfd for the process")),
+        }
     }
 
     /// Whether the reaper has collected the process (its pid may be reused).

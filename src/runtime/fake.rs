@@ -24,9 +24,21 @@ pub struct FakeRuntime {
     /// If set, `exec` makes its process "exit" (through this reaper, with
     /// this status) before the pid file is written.
     pub exit_during_exec: Mutex<Option<(std::sync::Arc<crate::reaper::Reaper>, u32)>>,
+    /// Subcommands that never return (a hung runtime), after being recorded.
+    pub hang: Mutex<std::collections::HashSet<String>>,
 }
 
 impl FakeRuntime {
+    /// Records a call that may hang (`kill`, `delete`, `pause`, `resume`).
+    async fn hangable(&self, cmd: &str, line: String) -> Result<()> {
+        let hangs = self.hang.lock().unwrap().contains(cmd);
+        let r = self.record(cmd, line);
+        if hangs {
+            std::future::pending::<()>().await;
+        }
+        r
+    }
+
     fn record(&self, cmd: &str, line: String) -> Result<()> {
         self.calls.lock().unwrap().push(line);
         match self.fail.lock().unwrap().get(cmd) {
@@ -79,10 +91,16 @@ impl Runtime for FakeRuntime {
         })
     }
     fn kill<'a>(&'a self, id: &'a str, signal: u32, all: bool) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.record("kill", format!("kill {id} {signal} all={all}")) })
+        Box::pin(async move {
+            self.hangable("kill", format!("kill {id} {signal} all={all}"))
+                .await
+        })
     }
     fn delete<'a>(&'a self, id: &'a str, force: bool) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.record("delete", format!("delete {id} force={force}")) })
+        Box::pin(async move {
+            self.hangable("delete", format!("delete {id} force={force}"))
+                .await
+        })
     }
     fn ps<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<u32>>> {
         Box::pin(async move {
@@ -91,10 +109,10 @@ impl Runtime for FakeRuntime {
         })
     }
     fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.record("pause", format!("pause {id}")) })
+        Box::pin(async move { self.hangable("pause", format!("pause {id}")).await })
     }
     fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.record("resume", format!("resume {id}")) })
+        Box::pin(async move { self.hangable("resume", format!("resume {id}")).await })
     }
     fn update<'a>(&'a self, id: &'a str, resources: Vec<u8>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {

@@ -8,6 +8,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod limited;
 pub mod runc;
 
 #[cfg(test)]

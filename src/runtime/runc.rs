@@ -212,6 +212,9 @@ impl Runc {
             }
         };
         crate::sys::kill_on_parent_death(&mut cmd);
+        // Its own process group: an abandoned call is killed with everything
+        // it started (a wrapper script's children too).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         // Subscribe before spawning so the exit cannot be reaped unseen.
         let mut exits = self.reaper.subscribe();
         let mut child = cmd.spawn().map_err(|err| RuntimeError::Spawn {
@@ -242,7 +245,7 @@ impl Runc {
             None => Some(work.await),
         };
         let Some((out, err, exit)) = done else {
-            let _ = crate::sys::send_signal(pid, libc::SIGKILL);
+            kill_call(pid);
             exits.wait_for(pid).await;
             guard.0 = 0;
             return Err(RuntimeError::Failed {
@@ -280,15 +283,25 @@ impl Runc {
     }
 }
 
-/// Kills a runtime process whose call was abandoned before it exited
-/// (set to 0 once the exit was seen).
+/// Kills a runtime call: its process group (the runtime and whatever it
+/// started that is still in the group), and the process itself.
+fn kill_call(pid: i32) {
+    let _ = crate::sys::kill_process_group(pid, libc::SIGKILL);
+    let _ = crate::sys::send_signal(pid, libc::SIGKILL);
+}
+
+/// Kills a runtime call that was abandoned before it exited (set to 0 once
+/// the exit was seen).
 struct KillOnDrop(i32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if self.0 > 0 {
-            crate::warn!("runtime call abandoned; killing pid {}", self.0);
-            let _ = crate::sys::send_signal(self.0, libc::SIGKILL);
+            crate::warn!(
+                "runtime call abandoned; killing pid {} and its group",
+                self.0
+            );
+            kill_call(self.0);
         }
     }
 }

@@ -212,6 +212,7 @@ async fn every_rpc_survives_hostile_input() {
         factory,
         events,
         Reaper::new(),
+        Arc::new(crate::host::NoHost),
         Arc::new(Notify::new()),
     );
     let dir = tempfile::tempdir().unwrap();

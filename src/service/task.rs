@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use crate::container::{Checkpoint, Container, PendingRestore, SpecFacts};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Event, Publisher};
+use crate::host::Host;
 use crate::mount::{mount_all, unmount_all, MountSpec};
 use crate::options::Options;
 use crate::process::{ExitInfo, Op, Process, Status};
@@ -34,6 +35,30 @@ use crate::stdio::{delivery, Owner, Prepared, ProcessIo, SpillPolicy, StdioSpec}
 pub(crate) const IO_DRAIN: Duration = Duration::from_secs(2);
 /// How long the runtime may take to send a pty master.
 pub(crate) const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a `runtime kill` of init may take (less if the request's
+/// deadline comes first); past it, or when the runtime fails, the shim
+/// delivers the signal itself: through init's pidfd, and for SIGKILL to
+/// every process of the container's cgroup.
+pub const KILL_BOUND: Duration = Duration::from_secs(5);
+/// How long `runtime delete` may take before Delete goes on without it.
+pub const DELETE_BOUND: Duration = Duration::from_secs(5);
+/// Left in the bundle when Delete went on without `runtime delete`, so that
+/// `shim delete` does not wait for the same hung runtime again.
+pub const DELETE_ABANDONED: &str = "runtime-delete-abandoned";
+/// Time kept back from a request's deadline to answer it.
+const ANSWER_MARGIN: Duration = Duration::from_millis(200);
+
+/// The time a runtime call that must finish may take: `bound`, or less when
+/// the request's deadline comes first.
+fn budget(bound: Duration) -> Duration {
+    match crate::ttrpc::deadline() {
+        Some(at) => at
+            .saturating_duration_since(tokio::time::Instant::now())
+            .saturating_sub(ANSWER_MARGIN)
+            .min(bound),
+        None => bound,
+    }
+}
 
 /// Exits that arrived while a process launch was in flight and matched no
 /// known pid (the process may exit before its pid file is read).
@@ -49,6 +74,7 @@ pub struct TaskService {
     pub(crate) factory: RuntimeFactory,
     pub(crate) events: Publisher,
     pub(crate) reaper: Arc<Reaper>,
+    pub(crate) host: Arc<dyn Host>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     reserved: Mutex<HashSet<String>>,
     early: Mutex<EarlyExits>,
@@ -130,6 +156,7 @@ impl TaskService {
         factory: RuntimeFactory,
         events: Publisher,
         reaper: Arc<Reaper>,
+        host: Arc<dyn Host>,
         shutdown: Arc<Notify>,
     ) -> Arc<Self> {
         Arc::new(TaskService {
@@ -137,6 +164,7 @@ impl TaskService {
             factory,
             events,
             reaper,
+            host,
             containers: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
             early: Mutex::new(EarlyExits::default()),
@@ -184,8 +212,28 @@ impl TaskService {
         }
         let is_init = p.exec_id.is_empty();
         if is_init && c.kill_all_on_exit {
-            if let Err(e) = c.runtime.kill(&c.id, 9, true).await {
-                crate::debug!("kill --all after init exit of {}: {e}", c.id);
+            // The rest of a shared pid namespace goes with init; a hung
+            // runtime is not waited for.
+            let hung = c.kill_hung()
+                || match tokio::time::timeout(KILL_BOUND, c.runtime.kill(&c.id, 9, true)).await {
+                    Ok(Ok(())) => false,
+                    Ok(Err(e)) => {
+                        crate::debug!("kill --all after init exit of {}: {e}", c.id);
+                        false
+                    }
+                    Err(_) => {
+                        c.set_kill_hung();
+                        true
+                    }
+                };
+            if hung {
+                crate::warn!(
+                    "{}: the runtime's kill hangs: the shim kills what is left of the cgroup after init's exit",
+                    c.id
+                );
+                if let Some(cg) = c.cgroup() {
+                    let _ = cg.kill_all().await;
+                }
             }
         }
         let info = ExitInfo {
@@ -264,12 +312,16 @@ impl TaskService {
     }
 
     /// After a runtime call that created a process: receive its console,
-    /// install its stdio and read its pid.
+    /// install its stdio, read its pid and open a pidfd for it. `since` is
+    /// the reaper's sequence number from before the runtime call: a pid
+    /// reaped since then may already name another process, so it gets no
+    /// pidfd (its exit is among the early exits).
     pub(crate) async fn finish_launch(
         &self,
         p: &Process,
         prepared: Prepared,
         pid_file: &Path,
+        since: u64,
     ) -> Result<()> {
         let Prepared {
             mut io, console, ..
@@ -282,8 +334,22 @@ impl TaskService {
             io.attach_console(master)?;
         }
         p.set_io(io).await;
-        p.set_pid(read_pid(pid_file)?);
+        let pid = read_pid(pid_file)?;
+        p.set_pid(pid);
+        self.open_pidfd(p, pid, since);
         Ok(())
+    }
+
+    /// Opens a pidfd for a process just launched, unless its pid was reaped
+    /// since `since` (then it may name another process; its exit is among
+    /// the early exits). No await between opening and checking: the reaper
+    /// cannot run in between.
+    pub(crate) fn open_pidfd(&self, p: &Process, pid: u32, since: u64) {
+        if let Some(fd) = self.host.open_pidfd(pid) {
+            if !self.reaper.reaped_since(since, pid as i32) {
+                p.set_pidfd(fd);
+            }
+        }
     }
 
     /// Create: mount the rootfs, record options, set up stdio, `runtime create`.
@@ -383,13 +449,15 @@ impl TaskService {
         let mut prepared = ProcessIo::prepare(&stdio, self.owner(&req.id, &opts, &spill))
             .await
             .map_err(|e| undo(e.into()))?;
-        let runtime = (self.factory)(RuntimeConfig {
-            binary: opts.binary().to_string(),
-            root: opts.runtime_root(&self.namespace),
-            log: bundle.join("log.json"),
-            systemd_cgroup: opts.systemd_cgroup,
-            criu: opts.criu_path.clone(),
-        });
+        let runtime: Arc<dyn crate::runtime::Runtime> = Arc::new(
+            crate::runtime::limited::Limited::new((self.factory)(RuntimeConfig {
+                binary: opts.binary().to_string(),
+                root: opts.runtime_root(&self.namespace),
+                log: bundle.join("log.json"),
+                systemd_cgroup: opts.systemd_cgroup,
+                criu: opts.criu_path.clone(),
+            })),
+        );
         let checkpoint = (!req.checkpoint.is_empty()).then(|| Checkpoint {
             image: PathBuf::from(&req.checkpoint),
             parent: (!req.parent_checkpoint.is_empty())
@@ -410,6 +478,7 @@ impl TaskService {
             facts.kill_all_on_exit,
             checkpoint,
             spill,
+            self.host.clone(),
             init.clone(),
         );
         if c.checkpoint.is_some() {
@@ -431,13 +500,14 @@ impl TaskService {
                 console_socket: prepared.console.as_ref().map(|s| s.path().to_path_buf()),
             };
             let cside = std::mem::take(&mut prepared.stdio);
+            let since = self.reaper.seq();
             if let Err(e) = runtime.create(create, cside).await {
                 prepared.io.shutdown(Duration::from_millis(100)).await;
                 return Err(undo(Error::Unknown(format!(
                     "OCI runtime create failed: {e}"
                 ))));
             }
-            if let Err(e) = self.finish_launch(&init, prepared, &pid_file).await {
+            if let Err(e) = self.finish_launch(&init, prepared, &pid_file, since).await {
                 let _ = runtime.delete(&req.id, true).await;
                 init.close_io(Duration::from_millis(100)).await;
                 return Err(undo(e));
@@ -521,9 +591,28 @@ impl TaskService {
         let st = p.state();
         st.status.check(Op::Delete)?;
         if req.exec_id.is_empty() {
-            if let Err(e) = c.runtime.delete(&c.id, false).await {
-                if !e.message().contains("does not exist") {
+            let bound = budget(DELETE_BOUND);
+            match tokio::time::timeout(bound, c.runtime.delete(&c.id, false)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.message().contains("does not exist") => {}
+                Ok(Err(e)) => {
                     return Err(Error::Unknown(format!("OCI runtime delete failed: {e}")));
+                }
+                Err(_) => {
+                    // The container is gone (Delete needs it stopped): what
+                    // the shim owns is released all the same.
+                    let removed = c.cgroup().map(|cg| cg.remove_dirs());
+                    let _ = std::fs::write(c.bundle.join(DELETE_ABANDONED), "");
+                    crate::warn!(
+                        "{}: runtime delete did not finish within {bound:?}; going on without it. \
+                         Not cleaned: the runtime's state under {}{}",
+                        c.id,
+                        c.options.runtime_root(&self.namespace),
+                        match removed {
+                            Some(Err(e)) => format!(", the cgroup ({e})"),
+                            _ => String::new(),
+                        }
+                    );
                 }
             }
             c.stop_oom();
@@ -612,26 +701,70 @@ impl TaskService {
             if st.status == Status::Stopped && !req.all {
                 return Err(Error::NotFound("process already finished".into()));
             }
-            return c
-                .runtime
-                .kill(&c.id, req.signal, req.all)
+            if c.kill_hung() {
+                let why = "the runtime's kill hung before";
+                return self
+                    .signal_directly(&c, req.signal as i32, req.all, why)
+                    .await;
+            }
+            let bound = budget(KILL_BOUND);
+            let why = match tokio::time::timeout(bound, c.runtime.kill(&c.id, req.signal, req.all))
                 .await
-                .map_err(kill_error);
-        }
-        if p.is_reaped() {
-            // Its exit is still being reported; the pid may be someone else's.
-            return Err(Error::NotFound("process already finished".into()));
+            {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => match kill_error(e) {
+                    Error::Unknown(msg) => msg,
+                    not_found => return Err(not_found),
+                },
+                Err(_) => {
+                    c.set_kill_hung();
+                    format!("runtime kill did not finish within {bound:?}")
+                }
+            };
+            return self
+                .signal_directly(&c, req.signal as i32, req.all, &why)
+                .await;
         }
         match (st.status, p.pid()) {
             (Status::Stopped, _) => Err(Error::NotFound("process already finished".into())),
             (_, 0) => Err(Error::FailedPrecondition("process not created".into())),
-            (_, pid) => crate::sys::send_signal(pid as i32, req.signal as i32).map_err(|e| {
+            // Through its pidfd; a reaped process (exit still being
+            // reported) is "already finished", whoever has its pid now.
+            _ => p.signal(req.signal as i32).map_err(|e| {
                 if e.raw_os_error() == Some(libc::ESRCH) {
                     Error::NotFound("process already finished".into())
                 } else {
                     Error::Unknown(format!("unknown error after kill: {e}"))
                 }
             }),
+        }
+    }
+
+    /// Delivers a signal to a container without the runtime (which failed or
+    /// hangs): to init through its pidfd; SIGKILL to every process of the
+    /// cgroup (v2 `cgroup.kill`, v1 freeze-kill-thaw); another signal with
+    /// `all` to every listed process.
+    async fn signal_directly(&self, c: &Container, sig: i32, all: bool, why: &str) -> Result<()> {
+        crate::warn!("{}: {why}: the shim delivers signal {sig} itself", c.id);
+        let init = c.init.signal(sig);
+        let group = match (c.cgroup(), sig == libc::SIGKILL, all) {
+            (Some(cg), true, _) => cg.kill_all().await.map(Some),
+            (Some(cg), false, true) => Ok(Some(
+                cg.procs()
+                    .iter()
+                    .filter(|pid| crate::sys::send_signal(**pid as i32, sig).is_ok())
+                    .count(),
+            )),
+            _ => Ok(None),
+        };
+        match (init, group) {
+            (Ok(()), _) | (_, Ok(Some(1..))) => Ok(()),
+            (Err(e), _) if e.raw_os_error() == Some(libc::ESRCH) => {
+                Err(Error::NotFound("process already finished".into()))
+            }
+            (Err(e), g) => Err(Error::Unknown(format!(
+                "unknown error after kill: {why}; signalling init: {e}; the cgroup: {g:?}"
+            ))),
         }
     }
 

@@ -130,6 +130,7 @@ impl TaskService {
                 console_socket: prepared.console.as_ref().map(|s| s.path().to_path_buf()),
             };
             let cside = std::mem::take(&mut prepared.stdio);
+            let since = self.reaper.seq();
             if let Err(e) = c.runtime.exec(opts, cside).await {
                 prepared
                     .io
@@ -137,7 +138,7 @@ impl TaskService {
                     .await;
                 return Err(Error::Unknown(format!("OCI runtime exec failed: {e}")));
             }
-            self.finish_launch(p, prepared, &pid_file).await
+            self.finish_launch(p, prepared, &pid_file, since).await
         }
         .await;
         let _ = std::fs::remove_file(&spec_file);
@@ -167,6 +168,7 @@ impl TaskService {
             no_pivot: c.options.no_pivot_root,
             console_socket: pending.console.as_ref().map(|s| s.path().to_path_buf()),
         };
+        let since = self.reaper.seq();
         c.runtime
             .restore(opts, pending.stdio)
             .await
@@ -185,6 +187,7 @@ impl TaskService {
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| Error::Unknown("read restored pid".into()))?;
         c.init.set_pid(pid);
+        self.open_pidfd(&c.init, pid, since);
         if let Some(exit) = launch.take_early(pid) {
             c.init.set_exited(crate::process::ExitInfo {
                 status: exit.status,
@@ -327,11 +330,16 @@ impl TaskService {
     /// Pids: the processes in the container, with exec ids.
     pub async fn pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         let c = self.get(&req.id)?;
-        let pids = c
-            .runtime
-            .ps(&c.id)
-            .await
-            .map_err(|e| Error::Unknown(format!("failed to list pids: {e}")))?;
+        // From the cgroup: no runtime process, so Pids is answered even while
+        // a runtime call hangs.
+        let pids = match c.cgroup() {
+            Some(cg) => cg.procs(),
+            None => c
+                .runtime
+                .ps(&c.id)
+                .await
+                .map_err(|e| Error::Unknown(format!("failed to list pids: {e}")))?,
+        };
         let execs = c.execs();
         let mut r = PidsResponse::new();
         for pid in pids {

@@ -44,6 +44,7 @@ fn harness() -> Harness {
         factory,
         events,
         reaper.clone(),
+        Arc::new(crate::host::NoHost),
         shutdown.clone(),
     );
     tokio::spawn(svc.clone().handle_exits(reaper.subscribe()));
@@ -532,4 +533,44 @@ async fn created_from_checkpoint_restores_at_start() {
     assert_eq!(next_topic(&mut h).await, "/tasks/start");
     let calls = h.rt.calls.lock().unwrap().clone();
     assert_eq!(calls, ["restore r"]);
+}
+
+/// A runtime whose kill hangs does not hang Kill: past the kill bound the
+/// shim acts itself (here, with no host, it can only say why it could not).
+#[tokio::test(start_paused = true)]
+async fn a_hung_runtime_kill_is_bounded() {
+    let h = harness();
+    h.svc.create(create_req(&h, "hk")).await.unwrap();
+    start(&h, "hk", "").await.unwrap();
+    h.rt.hang.lock().unwrap().insert("kill".into());
+    let t = tokio::time::Instant::now();
+    let err = kill(&h, "hk", "", 9).await.unwrap_err();
+    assert_eq!(t.elapsed(), super::task::KILL_BOUND);
+    assert!(
+        matches!(&err, Error::Unknown(m) if m.contains("did not finish within")),
+        "{err}"
+    );
+}
+
+/// A runtime whose delete hangs does not keep Delete from releasing the
+/// task once the bound has passed.
+#[tokio::test(start_paused = true)]
+async fn a_hung_runtime_delete_still_releases_the_task() {
+    let h = harness();
+    h.svc.create(create_req(&h, "hd")).await.unwrap();
+    start(&h, "hd", "").await.unwrap();
+    h.reaper.publish(exit(4242, 137));
+    h.svc
+        .wait(WaitRequest {
+            id: "hd".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    h.rt.hang.lock().unwrap().insert("delete".into());
+    let t = tokio::time::Instant::now();
+    let d = delete(&h, "hd", "").await.unwrap();
+    assert_eq!(d.exit_status, 137);
+    assert!(t.elapsed() >= super::task::DELETE_BOUND);
+    assert!(h.svc.is_empty());
 }

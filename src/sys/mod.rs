@@ -129,6 +129,42 @@ pub fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Sends signal number `sig` through a pidfd, so the signal can only reach
+/// the process the pidfd was opened for, never a later owner of its pid.
+pub fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: pidfd_send_signal(2) takes a descriptor the caller borrows for
+    // the duration of the call, a signal number, a null siginfo (the kernel
+    // then fills in a plain kill()) and flags 0; it touches no user memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends `sig` to every process of the group `pgid` (a runtime call and
+/// whatever it spawned).
+pub fn kill_process_group(pgid: i32, sig: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory; -pgid with
+    // pgid > 1 (checked above) names one process group, never every process.
+    if unsafe { libc::kill(-pgid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Returns freed heap memory to the kernel, so a shim's resident size comes
 /// back down after bursts of work (many execs) instead of keeping its peak.
 pub fn trim_heap() {

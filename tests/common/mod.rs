@@ -147,6 +147,74 @@ pub fn docker_image_tar() -> PathBuf {
     docker
 }
 
+/// A runc wrapper (in the env's `bin`) whose `kill` and `delete` hang while
+/// `hang-kill` / `hang-delete` exist beside it: a wedged runtime.
+pub const HANG_RUNC: &str = "hang-runc";
+/// What the wrapper's hung calls run as (to find leftovers).
+pub const HUNG_CMDLINE: &str = "/bin/sleep 2147483646";
+
+fn write_hanging_runtime(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = format!(
+        r#"#!/bin/sh
+# runc, except that `kill` and `delete` hang while their flag file exists.
+dir=$(dirname "$0")
+for a in "$@"; do
+  case "$a" in
+    kill|delete) [ -e "$dir/hang-$a" ] && exec {HUNG_CMDLINE}; break ;;
+    create|start|exec|ps|pause|resume|update|state|features|checkpoint|restore) break ;;
+  esac
+done
+exec runc "$@"
+"#
+    );
+    std::fs::write(path, script).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+impl Env {
+    /// The hanging runc wrapper's path.
+    pub fn hang_runc(&self) -> PathBuf {
+        self.dir.path().join("bin").join(HANG_RUNC)
+    }
+
+    /// Makes the wrapper's `kill` and/or `delete` hang (or not).
+    pub fn set_hang(&self, cmd: &str, on: bool) {
+        let flag = self.dir.path().join("bin").join(format!("hang-{cmd}"));
+        if on {
+            std::fs::write(flag, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(flag);
+        }
+    }
+}
+
+/// The parent of `pid`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Processes running a hung runtime call, anywhere, and under `shim`.
+pub fn hung_runtime_calls(shim: u32) -> (Vec<u32>, Vec<u32>) {
+    let all: Vec<u32> = processes()
+        .into_iter()
+        .filter(|(_, c)| c == HUNG_CMDLINE)
+        .map(|(p, _)| p)
+        .collect();
+    let ours = all
+        .iter()
+        .copied()
+        .filter(|p| parent_of(*p) == Some(shim))
+        .collect();
+    (all, ours)
+}
+
 /// Runs `cmd` in container `id` with output to the `binary://` logger
 /// `tests/loggers/<script>` (which writes into a fresh folder), waits until
 /// the logger has finished, and returns that folder.
@@ -192,6 +260,7 @@ impl Env {
             Install::DropIn => "containerd-shim-runc-v2",
         };
         std::fs::copy(wedge_binary(), bin.join(name)).unwrap();
+        write_hanging_runtime(&bin.join(HANG_RUNC));
         if cri {
             std::fs::create_dir_all(d.join("cni/bin")).unwrap();
             std::fs::create_dir_all(d.join("cni/conf")).unwrap();
@@ -235,6 +304,10 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
       runtime_type = "io.containerd.wedge.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.dropin]
       runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hang]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hang.options]
+        BinaryName = "{d}/bin/{HANG_RUNC}"
 "#,
                 d = d.display()
             ));
