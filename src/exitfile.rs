@@ -2,6 +2,8 @@
 //! line `"<status> <unix seconds>.<nanoseconds>"`, written atomically and
 //! synced before the exit is published. `shim delete` reads it, so the real
 //! exit status survives a shim that was killed before containerd heard it.
+//! Beside it, `BUNDLE/init.oom` records that the container's cgroup saw an
+//! OOM kill, so `shim delete` can say so too.
 
 use std::io;
 use std::path::Path;
@@ -10,6 +12,17 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::process::ExitInfo;
 
 const FILE: &str = "init.exit";
+const OOM: &str = "init.oom";
+
+/// Records that the container was OOM-killed.
+pub fn write_oom(bundle: &Path) -> io::Result<()> {
+    crate::fsutil::write_atomic(&bundle.join(OOM), b"oom\n", 0o600)
+}
+
+/// Whether an OOM kill of the container was recorded.
+pub fn oom_recorded(bundle: &Path) -> bool {
+    bundle.join(OOM).exists()
+}
 
 /// Records `exit` in `bundle`.
 pub fn write(bundle: &Path, exit: &ExitInfo) -> io::Result<()> {
@@ -44,5 +57,8 @@ mod tests {
         assert_eq!(read(d.path()), Some(e));
         std::fs::write(d.path().join(FILE), "garbage").unwrap();
         assert_eq!(read(d.path()), None);
+        assert!(!oom_recorded(d.path()));
+        write_oom(d.path()).unwrap();
+        assert!(oom_recorded(d.path()));
     }
 }

@@ -359,22 +359,91 @@ fn shim_alive(path: &Path) -> bool {
     rx.recv_timeout(Duration::from_millis(100)).unwrap_or(false)
 }
 
-/// Removes the shim socket named by the bundle's `address` file when no
-/// shim answers on it any more (the daemon died), so nothing is left behind.
-/// A live socket (another container of the group still served) is kept.
-fn remove_dead_socket(bundle: &Path) {
-    let Ok(addr) = std::fs::read_to_string(bundle.join("address")) else {
-        return;
-    };
-    let path = Path::new(addr.trim().trim_start_matches("unix://"));
+/// The socket named by the bundle's `address` file, if no shim answers on
+/// it any more (the daemon died). A live socket (another container of the
+/// group still served) is not returned.
+fn dead_shim_socket(bundle: &Path) -> Option<PathBuf> {
+    let addr = std::fs::read_to_string(bundle.join("address")).ok()?;
+    let path = PathBuf::from(addr.trim().trim_start_matches("unix://"));
     let chosen = std::fs::read_link(bundle.join(SOCKET_DIR_LINK)).ok();
     let ours = path
         .parent()
         .is_some_and(|d| d == Path::new(SOCKET_DIR) || chosen.as_deref().is_some_and(|c| d == c));
-    if !ours || !path.exists() || shim_alive(path) {
+    (ours && !shim_alive(&path)).then_some(path)
+}
+
+/// What a dead shim left: its socket is removed, and the events it kept for
+/// containerd (the event store beside the socket) are said on stderr (which
+/// containerd logs), delivered if containerd takes them now, and removed.
+fn clean_up_dead_shim(bundle: &Path, namespace: &str) {
+    let Some(socket) = dead_shim_socket(bundle) else {
+        return;
+    };
+    let _ = std::fs::remove_file(&socket);
+    let store = crate::events::Store::for_socket(&socket);
+    let Ok(records) = store.load() else { return };
+    if records.is_empty() {
         return;
     }
-    let _ = std::fs::remove_file(path);
+    let topics: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            containerd_shim_protos::shim::events::ForwardRequest::parse_from_bytes(r).ok()
+        })
+        .map(|f| f.envelope.topic.clone())
+        .collect();
+    // containerd may be restoring its shims and not serving yet: what it
+    // does not take now is reported here, in its log, and not kept.
+    let address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+    let sent = deliver(&address, namespace, &records);
+    let _ = store.replace(&[]);
+    eprintln!(
+        "the shim died with {} events containerd had not taken ({}); delivered {sent} now{}",
+        records.len(),
+        topics.join(", "),
+        if sent < records.len() {
+            ", the others are only in this log"
+        } else {
+            ""
+        }
+    );
+}
+
+/// Sends kept events (encoded `ForwardRequest`s) to containerd; returns how
+/// many it took, in order.
+fn deliver(address: &str, namespace: &str, records: &[Vec<u8>]) -> usize {
+    if address.is_empty() {
+        return 0;
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return 0;
+    };
+    rt.block_on(async {
+        let Ok(mut c) = crate::ttrpc::Client::connect(address).await else {
+            return 0;
+        };
+        let mut sent = 0;
+        for r in records {
+            let ok = c
+                .call(
+                    "containerd.services.events.ttrpc.v1.Events",
+                    "Forward",
+                    r.clone(),
+                    &[("containerd-namespace-ttrpc", namespace)],
+                    Duration::from_secs(2),
+                )
+                .await
+                .is_ok();
+            if !ok {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    })
 }
 
 /// Moves `pid` into the cgroup `path` (v2 unified, else every v1 hierarchy).
@@ -450,7 +519,10 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         _ => {}
     }
     crate::mount::unmount_all(&dir.join("rootfs")).map_err(|err| err.to_string())?;
-    remove_dead_socket(&dir);
+    clean_up_dead_shim(&dir, &flags.namespace);
+    if crate::exitfile::oom_recorded(&dir) {
+        eprintln!("{}: the container was OOM-killed", flags.id);
+    }
     let pid = std::fs::read_to_string(dir.join("init.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())

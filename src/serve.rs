@@ -6,7 +6,8 @@
 //!
 //! Shutdown: on the `Shutdown` RPC once no container remains, or on SIGTERM /
 //! SIGINT (containers keep running, orphaned). Queued events get up to 5 s to
-//! drain, then the socket file is removed and the process exits.
+//! be sent or kept in the event store (`<socket>.events`), then the socket
+//! file is removed and the process exits.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -95,6 +96,7 @@ async fn serve(flags: &Flags) -> Result<(), String> {
     let events = Publisher::spawn(
         std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
         flags.namespace.clone(),
+        socket.as_deref().map(crate::events::Store::for_socket),
     );
     let factory: RuntimeFactory = {
         let reaper = reaper.clone();

@@ -658,3 +658,101 @@ fn stop_container_ends_a_container_whose_runtime_hangs() {
     cleanup_cgroups(&env);
     let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
 }
+
+/// containerd is SIGKILLed for 90 s, longer than the shim's retry window:
+/// meanwhile a CRI container is OOM-killed and a ctr container exits 7.
+/// The shim keeps the events and replays them once containerd is back:
+/// `ctr events`, started after the restart, sees `/tasks/oom` then
+/// `/tasks/exit` for the first and `/tasks/exit` 7 for the second, and CRI
+/// reports the first as OOMKilled with exit 137.
+#[test]
+fn no_event_is_lost_however_long_containerd_is_down() {
+    let mut env = Env::start_with(Install::Wedge, true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (pod, hog) = rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        let (pod, cfg) = start_pod(&mut rt, &env, "pod-away", "wedge").await;
+        let mut c = container_config(
+            "hog",
+            "sleep 5; dd if=/dev/zero of=/dev/null bs=64M count=4",
+        );
+        c.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let hog = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(c),
+                sandbox_config: Some(cfg.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        rt.start_container(StartContainerRequest {
+            container_id: hog.clone(),
+        })
+        .await
+        .unwrap();
+        (pod, hog)
+    });
+    let out = env.run("seven", &["-d"], &["sh", "-c", "sleep 5; exit 7"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    env.kill_containerd();
+    std::thread::sleep(Duration::from_secs(90));
+    env.start_containerd();
+    let events = env.events();
+    let hog_topics = events.wait_for(&hog, &["/tasks/oom", "/tasks/exit"]);
+    let oom = hog_topics.iter().position(|t| t == "/tasks/oom").unwrap();
+    let exit = hog_topics.iter().position(|t| t == "/tasks/exit").unwrap();
+    assert!(oom < exit, "{hog_topics:?}");
+    events.wait_for("seven", &["/tasks/exit"]);
+    let exit7 = events.lines("\"seven\"");
+    assert!(
+        exit7
+            .iter()
+            .any(|l| l.contains("/tasks/exit") && l.contains("\"exit_status\":7")),
+        "{exit7:?}"
+    );
+    rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = rt
+                .container_status(ContainerStatusRequest {
+                    container_id: hog.clone(),
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            if st.reason == "OOMKilled" {
+                assert_eq!(st.exit_code, 137);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "CRI status: {} {} {:?}",
+                st.exit_code,
+                st.reason,
+                st.state
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        remove_pod(&mut rt, &env, &pod).await;
+    });
+    assert!(env.ctr(&["task", "rm", "seven"]).status.success());
+    assert!(env.ctr(&["container", "rm", "seven"]).status.success());
+    cleanup_cgroups(&env);
+    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
+}

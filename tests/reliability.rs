@@ -6,6 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -690,4 +691,62 @@ fn a_hung_runtime_never_leaves_a_container_unkillable() {
     // No runtime call outlived its caller (orphans are reparented to init).
     let orphans: Vec<u32> = hung_runtime_calls(1).1;
     assert!(orphans.is_empty(), "orphaned runtime calls: {orphans:?}");
+}
+
+/// Events the shim kept while containerd was down outlive the shim: killed
+/// with SIGKILL, it leaves its event store, and `shim delete` (which
+/// containerd runs when it finds the dead shim) says what it found (and the
+/// OOM recorded beside the exit) in containerd's log, and removes it.
+#[test]
+fn kept_events_outlive_a_killed_shim() {
+    let mut env = Env::start(I);
+    let out = env.run(
+        "oomed",
+        &["-d", "--memory-limit", "33554432"],
+        &[
+            "sh",
+            "-c",
+            "sleep 3; dd if=/dev/zero of=/dev/null bs=64M count=4",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let addr = std::fs::read_to_string(env.bundle("oomed").join("address")).unwrap();
+    let store =
+        wedge::events::Store::for_socket(Path::new(addr.trim().trim_start_matches("unix://")));
+    let shim = env.shim_pid("oomed").unwrap();
+    env.kill_containerd();
+    // The OOM and the exit happen, and the retries run out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.load().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "the events were not kept");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(Command::new("kill")
+        .args(["-9", &shim.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    env.start_containerd();
+    let want = "the shim died with 2 events containerd had not taken (/tasks/oom, /tasks/exit)";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(env.containerd_log().contains(want)
+        && env
+            .containerd_log()
+            .contains("oomed: the container was OOM-killed"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "shim delete did not report the kept events: {}",
+            env.containerd_log()
+                .lines()
+                .filter(|l| l.contains("oomed") || l.contains("cleanup"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!store.path().exists(), "the store is removed");
+    let _ = env.ctr(&["task", "rm", "oomed"]);
+    assert!(env.ctr(&["container", "rm", "oomed"]).status.success());
+    env.assert_clean();
 }

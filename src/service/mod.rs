@@ -55,6 +55,8 @@ impl Dispatch for TaskService {
                 ));
             }
             crate::debug!("rpc {method}");
+            // A request means containerd is up: kept events can go.
+            self.events.containerd_seen();
             match method.as_str() {
                 "Create" => encode(self.create(decode(&payload)?).await),
                 "Start" => encode(self.start(decode(&payload)?).await),

@@ -85,6 +85,17 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An OOM kill in a container's cgroup: recorded beside its exit record
+/// (for `shim delete` after a shim crash) and published.
+fn oom_happened(events: &Publisher, id: &str, bundle: &Path) {
+    if let Err(e) = crate::exitfile::write_oom(bundle) {
+        crate::warn!("record OOM of {id}: {e}");
+    }
+    let mut ev = TaskOOM::new();
+    ev.container_id = id.to_string();
+    events.publish(Event::oom(&ev));
+}
+
 /// Rejects ids that could escape a directory or are empty.
 pub fn validate_id(id: &str) -> Result<()> {
     if id.is_empty()
@@ -281,9 +292,7 @@ impl TaskService {
     pub(crate) fn report_oom(&self, c: &Container) {
         if let Some(w) = c.oom() {
             if w.check() {
-                let mut ev = TaskOOM::new();
-                ev.container_id = c.id.clone();
-                self.events.publish(Event::oom(&ev));
+                oom_happened(&self.events, &c.id, &c.bundle);
             }
         }
     }
@@ -569,13 +578,16 @@ impl TaskService {
                 return;
             }
         };
-        let (w, events, id) = (watch.clone(), self.events.clone(), c.id.clone());
+        let (w, events, id, bundle) = (
+            watch.clone(),
+            self.events.clone(),
+            c.id.clone(),
+            c.bundle.clone(),
+        );
         let task = tokio::spawn(async move {
             while w.changed().await {
                 if w.check() {
-                    let mut ev = TaskOOM::new();
-                    ev.container_id = id.clone();
-                    events.publish(Event::oom(&ev));
+                    oom_happened(&events, &id, &bundle);
                 }
             }
         });

@@ -83,8 +83,14 @@ pub fn containerd_version() -> (u32, u32) {
     (num(parts.next()), num(parts.next()))
 }
 
+/// The shim the suites install: Wedge, or the binary `WEDGE_SHIM_UNDER_TEST`
+/// names (containerd's Go shim, to measure it side by side on the same
+/// scenarios; the suites assert what Wedge promises, so expect failures).
 fn wedge_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-wedge-v2"))
+    match std::env::var_os("WEDGE_SHIM_UNDER_TEST") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-wedge-v2")),
+    }
 }
 
 /// Builds (once) an image archive `target/e2e/<file>` named `name`, with

@@ -1,0 +1,507 @@
+//! Event publisher: task events go to containerd's ttrpc events service
+//! (`containerd.services.events.ttrpc.v1.Events/Forward` on `$TTRPC_ADDRESS`)
+//! through one ordered queue and one forwarder task.
+//!
+//! Order is preserved: an event is retried in place (5 s per attempt, a delay
+//! of 1 s × attempt between attempts) before the next one is sent. An event
+//! containerd does not take within those retries (about 15 s: it is down or
+//! restarting) is not dropped: it goes to the shim's event [`store`], and so
+//! does every later event while the store holds any, so order is kept. The
+//! forwarder then waits for containerd: the next request containerd makes
+//! ([`Publisher::containerd_seen`]) or a probe of the events socket (backoff
+//! from 1 s to 60 s). Once it answers, the forwarder waits [`REPLAY_GRACE`]
+//! (so that clients reconnecting after containerd's restart, CRI's event
+//! monitor or an event subscriber, are listening) and replays the kept
+//! events oldest first, removing each once delivered, then sends the rest.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::ttrpc::Client;
+
+pub mod store;
+
+pub use store::Store;
+
+const SERVICE: &str = "containerd.services.events.ttrpc.v1.Events";
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after containerd answers again kept events are replayed.
+pub const REPLAY_GRACE: Duration = Duration::from_secs(3);
+
+/// The forwarder's timing (shortened in tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Retries of one event before it is kept in the store.
+    pub retries: u32,
+    /// Delay unit between retries (× attempt number).
+    pub retry_delay: Duration,
+    /// Wait after containerd answers again before replaying.
+    pub grace: Duration,
+    /// First and longest interval between probes of the events socket.
+    pub probe: (Duration, Duration),
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            retries: 5,
+            retry_delay: Duration::from_secs(1),
+            grace: REPLAY_GRACE,
+            probe: (Duration::from_secs(1), Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A task event ready to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Topic, e.g. `/tasks/exit`.
+    pub topic: &'static str,
+    /// Type URL of the payload, e.g. `containerd.events.TaskExit`.
+    pub type_url: &'static str,
+    /// Encoded payload.
+    pub value: Vec<u8>,
+}
+
+impl Event {
+    fn new(topic: &'static str, type_url: &'static str, m: &impl Message) -> Event {
+        Event {
+            topic,
+            type_url,
+            value: m.write_to_bytes().unwrap_or_default(),
+        }
+    }
+
+    /// `/tasks/create`.
+    pub fn create(m: &TaskCreate) -> Event {
+        Event::new("/tasks/create", "containerd.events.TaskCreate", m)
+    }
+    /// `/tasks/start`.
+    pub fn start(m: &TaskStart) -> Event {
+        Event::new("/tasks/start", "containerd.events.TaskStart", m)
+    }
+    /// `/tasks/exit`.
+    pub fn exit(m: &TaskExit) -> Event {
+        Event::new("/tasks/exit", "containerd.events.TaskExit", m)
+    }
+    /// `/tasks/delete`.
+    pub fn delete(m: &TaskDelete) -> Event {
+        Event::new("/tasks/delete", "containerd.events.TaskDelete", m)
+    }
+    /// `/tasks/exec-added`.
+    pub fn exec_added(m: &TaskExecAdded) -> Event {
+        Event::new("/tasks/exec-added", "containerd.events.TaskExecAdded", m)
+    }
+    /// `/tasks/exec-started`.
+    pub fn exec_started(m: &TaskExecStarted) -> Event {
+        Event::new(
+            "/tasks/exec-started",
+            "containerd.events.TaskExecStarted",
+            m,
+        )
+    }
+    /// `/tasks/paused`.
+    pub fn paused(m: &TaskPaused) -> Event {
+        Event::new("/tasks/paused", "containerd.events.TaskPaused", m)
+    }
+    /// `/tasks/resumed`.
+    pub fn resumed(m: &TaskResumed) -> Event {
+        Event::new("/tasks/resumed", "containerd.events.TaskResumed", m)
+    }
+    /// `/tasks/oom`.
+    pub fn oom(m: &TaskOOM) -> Event {
+        Event::new("/tasks/oom", "containerd.events.TaskOOM", m)
+    }
+}
+
+/// Converts a time to a protobuf timestamp.
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let mut ts = Timestamp::new();
+    ts.seconds = d.as_secs() as i64;
+    ts.nanos = d.subsec_nanos() as i32;
+    ts
+}
+
+enum Msg {
+    Event(Event, SystemTime),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending side of the event queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::UnboundedSender<Msg>,
+    seen: Arc<Notify>,
+}
+
+impl Publisher {
+    /// Starts the forwarder for `namespace`, sending to `address` (or
+    /// discarding events when `address` is empty); events containerd does
+    /// not take go to `store` (without one they are dropped after the
+    /// retries).
+    pub fn spawn(address: String, namespace: String, store: Option<Store>) -> Publisher {
+        Publisher::spawn_with(address, namespace, store, Timing::default())
+    }
+
+    /// [`Publisher::spawn`] with explicit timing.
+    pub fn spawn_with(
+        address: String,
+        namespace: String,
+        store: Option<Store>,
+        timing: Timing,
+    ) -> Publisher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let seen = Arc::new(Notify::new());
+        let f = Forwarder {
+            address,
+            namespace,
+            client: None,
+            store,
+            seen: seen.clone(),
+            timing,
+        };
+        tokio::spawn(f.run(rx));
+        Publisher { tx, seen }
+    }
+
+    /// containerd made a request: it is up (kept events may go now).
+    pub fn containerd_seen(&self) {
+        self.seen.notify_one();
+    }
+
+    /// A publisher whose events are received by the returned channel (tests).
+    pub fn channel() -> (Publisher, mpsc::UnboundedReceiver<Event>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (etx, erx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                match m {
+                    Msg::Event(e, _) => {
+                        let _ = etx.send(e);
+                    }
+                    Msg::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        (
+            Publisher {
+                tx,
+                seen: Arc::new(Notify::new()),
+            },
+            erx,
+        )
+    }
+
+    /// Queues an event; it is stamped now.
+    pub fn publish(&self, e: Event) {
+        let _ = self.tx.send(Msg::Event(e, SystemTime::now()));
+    }
+
+    /// Waits until everything queued before this call was sent, kept or
+    /// dropped, for at most `timeout`. Returns false on timeout.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).is_err() {
+            return true;
+        }
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
+fn envelope(e: &Event, at: SystemTime, namespace: &str) -> Vec<u8> {
+    let mut any = Any::new();
+    any.type_url = e.type_url.to_string();
+    any.value = e.value.clone();
+    let mut env = Envelope::new();
+    env.timestamp = MessageField::some(timestamp(at));
+    env.namespace = namespace.to_string();
+    env.topic = e.topic.to_string();
+    env.event = MessageField::some(any);
+    let mut req = ForwardRequest::new();
+    req.envelope = MessageField::some(env);
+    req.write_to_bytes().unwrap_or_default()
+}
+
+struct Forwarder {
+    address: String,
+    namespace: String,
+    client: Option<Client>,
+    store: Option<Store>,
+    seen: Arc<Notify>,
+    timing: Timing,
+}
+
+impl Forwarder {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        loop {
+            if self.store.as_ref().is_some_and(|s| !s.is_empty()) {
+                if !self.replay(&mut rx).await {
+                    return;
+                }
+                continue;
+            }
+            let Some(m) = rx.recv().await else { return };
+            match m {
+                Msg::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Msg::Event(_, _) if self.address.is_empty() => {}
+                Msg::Event(e, at) => {
+                    let payload = envelope(&e, at, &self.namespace);
+                    self.deliver(e.topic, payload).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt to forward an encoded `ForwardRequest`.
+    async fn send(&mut self, payload: &[u8]) -> Result<(), String> {
+        let res = async {
+            if self.client.is_none() {
+                self.client = Some(Client::connect(&self.address).await?);
+            }
+            let c = self.client.as_mut().expect("connected above");
+            c.call(
+                SERVICE,
+                "Forward",
+                payload.to_vec(),
+                &[("containerd-namespace-ttrpc", self.namespace.as_str())],
+                ATTEMPT_TIMEOUT,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()))
+        }
+        .await;
+        res.map_err(|e| {
+            self.client = None;
+            e.to_string()
+        })
+    }
+
+    /// Sends one event, retrying in place; what containerd does not take
+    /// goes to the store.
+    async fn deliver(&mut self, topic: &str, payload: Vec<u8>) {
+        let mut attempt = 0;
+        loop {
+            let Err(err) = self.send(&payload).await else {
+                return;
+            };
+            attempt += 1;
+            if attempt > self.timing.retries {
+                match &self.store {
+                    Some(_) => {
+                        crate::warn!(
+                            "containerd did not take event {topic} ({err}): keeping it until it does"
+                        );
+                        self.keep(&payload);
+                    }
+                    None => crate::error!("dropping event {topic}: {err}"),
+                }
+                return;
+            }
+            crate::warn!("publish {topic} (attempt {attempt}): {err}");
+            tokio::time::sleep(self.timing.retry_delay * attempt).await;
+        }
+    }
+
+    fn keep(&self, payload: &[u8]) {
+        let Some(store) = &self.store else { return };
+        match store.append(payload) {
+            Ok(0) => {}
+            Ok(n) => crate::error!("event store full: dropped the {n} oldest kept events"),
+            Err(e) => crate::error!("event store {}: {e}; event dropped", store.path().display()),
+        }
+    }
+
+    /// Handles what arrives while kept events wait: new events are kept
+    /// behind them. Returns false when the queue is closed.
+    fn queue(&mut self, m: Option<Msg>) -> bool {
+        match m {
+            None => false,
+            Some(Msg::Flush(done)) => {
+                let _ = done.send(());
+                true
+            }
+            Some(Msg::Event(e, at)) => {
+                let payload = envelope(&e, at, &self.namespace);
+                self.keep(&payload);
+                true
+            }
+        }
+    }
+
+    /// Waits until containerd answers, then replays the kept events oldest
+    /// first. Returns false when the queue is closed.
+    async fn replay(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) -> bool {
+        let (mut probe, longest) = self.timing.probe;
+        loop {
+            tokio::select! {
+                m = rx.recv() => if !self.queue(m) { return false },
+                _ = self.seen.notified() => break,
+                _ = tokio::time::sleep(probe) => {
+                    if Client::connect(&self.address).await.is_ok() {
+                        break;
+                    }
+                    probe = (probe * 2).min(longest);
+                }
+            }
+        }
+        let until = tokio::time::Instant::now() + self.timing.grace;
+        loop {
+            tokio::select! {
+                m = rx.recv() => if !self.queue(m) { return false },
+                _ = tokio::time::sleep_until(until) => break,
+            }
+        }
+        let Some(store) = self.store.clone() else {
+            return true;
+        };
+        let records = match store.load() {
+            Ok(r) => r,
+            Err(e) => {
+                crate::error!("event store {}: {e}", store.path().display());
+                return true;
+            }
+        };
+        let mut sent = 0;
+        for r in &records {
+            if let Err(e) = self.send(r).await {
+                crate::warn!("replaying kept events: {e}; {} left", records.len() - sent);
+                break;
+            }
+            sent += 1;
+            if let Err(e) = store.replace(&records[sent..]) {
+                crate::error!("event store {}: {e}", store.path().display());
+            }
+        }
+        if sent == records.len() {
+            crate::info!("containerd is back: delivered {sent} kept events");
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ttrpc::{serve, BoxFuture, Dispatch};
+    use containerd_shim_protos::ttrpc::Status;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Sink {
+        got: Mutex<Vec<(String, String, String)>>,
+    }
+    impl Dispatch for Sink {
+        fn dispatch(
+            self: Arc<Self>,
+            _service: String,
+            _method: String,
+            payload: Vec<u8>,
+        ) -> BoxFuture<'static, Result<Vec<u8>, Status>> {
+            Box::pin(async move {
+                let req = ForwardRequest::parse_from_bytes(&payload).unwrap();
+                let env = req.envelope.unwrap();
+                self.got.lock().unwrap().push((
+                    env.namespace.clone(),
+                    env.topic.clone(),
+                    env.event.type_url.clone(),
+                ));
+                Ok(vec![])
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_in_order_with_namespace() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ttrpc.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let sink = Arc::new(Sink::default());
+        tokio::spawn(serve(listener, sink.clone()));
+        let p = Publisher::spawn(path.display().to_string(), "ns1".into(), None);
+        p.publish(Event::start(&TaskStart::new()));
+        p.publish(Event::exit(&TaskExit::new()));
+        assert!(p.flush(Duration::from_secs(5)).await);
+        let got = sink.got.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "ns1".into(),
+                    "/tasks/start".into(),
+                    "containerd.events.TaskStart".into()
+                ),
+                (
+                    "ns1".into(),
+                    "/tasks/exit".into(),
+                    "containerd.events.TaskExit".into()
+                ),
+            ]
+        );
+    }
+
+    /// containerd is away for longer than the retries: the events are kept,
+    /// in order, and replayed once it answers, before any later event; the
+    /// store is emptied.
+    #[tokio::test]
+    async fn keeps_events_while_containerd_is_away_and_replays_them_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ttrpc.sock");
+        let store = Store::for_socket(&d.path().join("shim.sock"));
+        let timing = Timing {
+            retries: 1,
+            retry_delay: Duration::from_millis(10),
+            grace: Duration::from_millis(50),
+            probe: (Duration::from_millis(20), Duration::from_millis(100)),
+        };
+        let p = Publisher::spawn_with(
+            path.display().to_string(),
+            "ns1".into(),
+            Some(store.clone()),
+            timing,
+        );
+        p.publish(Event::start(&TaskStart::new()));
+        p.publish(Event::oom(&TaskOOM::new()));
+        p.publish(Event::exit(&TaskExit::new()));
+        assert!(p.flush(Duration::from_secs(5)).await);
+        assert_eq!(store.load().unwrap().len(), 3, "kept, not dropped");
+
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let sink = Arc::new(Sink::default());
+        tokio::spawn(serve(listener, sink.clone()));
+        p.publish(Event::delete(&TaskDelete::new()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while sink.got.lock().unwrap().len() < 4 {
+            assert!(tokio::time::Instant::now() < deadline, "not replayed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let topics: Vec<String> = sink
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|g| g.1.clone())
+            .collect();
+        assert_eq!(
+            topics,
+            ["/tasks/start", "/tasks/oom", "/tasks/exit", "/tasks/delete"]
+        );
+        assert!(store.is_empty() && !store.path().exists());
+    }
+}

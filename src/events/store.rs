@@ -1,0 +1,149 @@
+//! The event store: events containerd did not take within the retry window
+//! (it is down, or restarting), kept in order until it can take them.
+//!
+//! One file per shim, beside its socket (`<socket>.events`): it outlives the
+//! shim's process, so a shim that was killed leaves it for `shim delete`, and
+//! a shim that re-executes itself finds it again. Each record is a 4-byte
+//! little-endian length and an encoded `ForwardRequest` (envelope with the
+//! namespace, topic and original timestamp), so a replayed event is exactly
+//! the event that was published. A torn last record (the shim died while
+//! appending) is ignored.
+//!
+//! Bounded: past [`MAX_BYTES`] the oldest records are dropped (and counted
+//! in the shim's log). The file is removed once it is empty.
+
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Most bytes the store keeps (about 20,000 task events).
+pub const MAX_BYTES: u64 = 4 << 20;
+
+/// The store of one shim.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    /// The store of the shim listening on `socket`.
+    pub fn for_socket(socket: &Path) -> Store {
+        let mut p = socket.as_os_str().to_owned();
+        p.push(".events");
+        Store {
+            path: PathBuf::from(p),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether no event is kept.
+    pub fn is_empty(&self) -> bool {
+        std::fs::metadata(&self.path).map_or(true, |m| m.len() == 0)
+    }
+
+    /// Keeps `record` after the others; drops the oldest past the bound.
+    /// Returns how many old records were dropped.
+    pub fn append(&self, record: &[u8]) -> io::Result<usize> {
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let need = 4 + record.len() as u64;
+        if size + need > MAX_BYTES {
+            let mut all = self.load()?;
+            let mut total: u64 = all.iter().map(|r| 4 + r.len() as u64).sum();
+            let mut dropped = 0;
+            while !all.is_empty() && total + need > MAX_BYTES {
+                total -= 4 + all.remove(0).len() as u64;
+                dropped += 1;
+            }
+            all.push(record.to_vec());
+            self.replace(&all)?;
+            return Ok(dropped);
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path)?;
+        let mut buf = Vec::with_capacity(need as usize);
+        buf.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        buf.extend_from_slice(record);
+        f.write_all(&buf)?;
+        Ok(0)
+    }
+
+    /// Every kept record, oldest first.
+    pub fn load(&self) -> io::Result<Vec<Vec<u8>>> {
+        let data = match std::fs::read(&self.path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        let mut rest = &data[..];
+        while rest.len() >= 4 {
+            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            let Some(rec) = rest.get(4..4 + len) else {
+                break;
+            };
+            out.push(rec.to_vec());
+            rest = &rest[4 + len..];
+        }
+        Ok(out)
+    }
+
+    /// Replaces the kept records (atomically); removes the file when none.
+    pub fn replace(&self, records: &[Vec<u8>]) -> io::Result<()> {
+        if records.is_empty() {
+            return match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        let mut buf = Vec::new();
+        for r in records {
+            buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            buf.extend_from_slice(r);
+        }
+        crate::fsutil::write_atomic(&self.path, &buf, 0o600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_order_survives_a_torn_tail_and_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::for_socket(&d.path().join("sock"));
+        assert!(s.is_empty());
+        assert_eq!(s.load().unwrap(), Vec::<Vec<u8>>::new());
+        s.append(b"one").unwrap();
+        s.append(b"two").unwrap();
+        assert_eq!(s.load().unwrap(), vec![b"one".to_vec(), b"two".to_vec()]);
+        // A record cut short by a crash is not read.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.path())
+            .unwrap();
+        f.write_all(&[9, 0, 0, 0, b'x']).unwrap();
+        assert_eq!(s.load().unwrap().len(), 2);
+        s.replace(&[b"two".to_vec()]).unwrap();
+        assert_eq!(s.load().unwrap(), vec![b"two".to_vec()]);
+        s.replace(&[]).unwrap();
+        assert!(!s.path().exists());
+        // Past the bound, the oldest go.
+        let big = vec![7u8; (MAX_BYTES / 3 - 4) as usize];
+        for _ in 0..3 {
+            s.append(&big).unwrap();
+        }
+        assert_eq!(s.append(b"newest").unwrap(), 1);
+        let all = s.load().unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all.last().unwrap(), b"newest");
+    }
+}
