@@ -8,7 +8,10 @@
 //!
 //! The server checks the peer's credentials (same uid and gid as the shim),
 //! runs every request in its own task so a blocking `Wait` never holds up other
-//! calls, and serialises responses through one writer per connection.
+//! calls, and serialises responses through one writer per connection. It reads
+//! into its own buffer, so it can stop between any two requests and hand its
+//! listener, its connections, their unread bytes and the calls to answer
+//! again over to the next image of the shim ([`Server::handover`]).
 
 use std::future::Future;
 use std::io;
@@ -53,6 +56,22 @@ pub trait Dispatch: Send + Sync + 'static {
         method: String,
         payload: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, Status>>;
+
+    /// Whether a call in flight may be abandoned at a handover and handled
+    /// again by the next image (a `Wait`). Others are let finish.
+    fn resumable(&self, _service: &str, _method: &str) -> bool {
+        false
+    }
+
+    /// Handles a call handed over by a previous image (see `resumable`).
+    fn redispatch(
+        self: Arc<Self>,
+        service: String,
+        method: String,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, Status>> {
+        self.dispatch(service, method, payload)
+    }
 }
 
 struct Frame {
@@ -103,23 +122,365 @@ pub fn status(code: Code, message: impl Into<String>) -> Status {
     s
 }
 
+/// Where the server stands: serving, draining (no new request is read or
+/// dispatched; calls in flight finish), or handing over (connections stop
+/// and give back their sockets and unread bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    Draining,
+    Handover,
+}
+
+/// A request being handled.
+struct Entry {
+    /// The encoded `ttrpc.Request`.
+    request: Vec<u8>,
+    /// Whether it can be abandoned here and handled again after a handover.
+    resumable: bool,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+type Writer = Arc<Mutex<tokio::net::unix::OwnedWriteHalf>>;
+
+/// A connection as it stopped for a handover.
+struct Stopped {
+    id: u64,
+    rd: tokio::net::unix::OwnedReadHalf,
+    wr: Writer,
+    buf: Vec<u8>,
+}
+
+/// One connection, handed over: its socket, the bytes read but not yet
+/// handled, and the requests to handle again (stream id, encoded request).
+pub struct ConnHandover {
+    /// The connected socket.
+    pub fd: std::os::fd::OwnedFd,
+    /// Bytes read from it that were not handled yet.
+    pub unread: Vec<u8>,
+    /// Requests that were in flight (Wait) and are handled again.
+    pub pending: Vec<(u32, Vec<u8>)>,
+}
+
+/// A server, handed over to the next image of the shim.
+pub struct ServerHandover {
+    /// The listening socket.
+    pub listener: std::os::fd::OwnedFd,
+    /// The accepted connections (containerd's).
+    pub conns: Vec<ConnHandover>,
+}
+
+/// A ttrpc server that can stop between requests and hand its listener and
+/// connections over (an upgrade in place).
+pub struct Server<D: Dispatch> {
+    handler: Arc<D>,
+    gate: tokio::sync::watch::Sender<Gate>,
+    inflight: std::sync::Mutex<std::collections::HashMap<(u64, u32), Entry>>,
+    idle: tokio::sync::Notify,
+    next_conn: std::sync::atomic::AtomicU64,
+    conns: std::sync::Mutex<Vec<tokio::task::JoinHandle<Option<Stopped>>>>,
+    accept: std::sync::Mutex<Option<tokio::task::JoinHandle<Option<UnixListener>>>>,
+}
+
 /// Accepts connections on `listener` forever, serving each with `handler`.
 pub async fn serve<D: Dispatch>(listener: UnixListener, handler: Arc<D>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                crate::warn!("ttrpc accept: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    let server = Server::start(listener, handler, Vec::new());
+    std::future::pending::<()>().await;
+    drop(server);
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<D: Dispatch> Server<D> {
+    /// Serves `listener` (and `conns`, handed over by a previous image).
+    pub fn start(listener: UnixListener, handler: Arc<D>, conns: Vec<ConnHandover>) -> Arc<Self> {
+        let server = Arc::new(Server {
+            handler,
+            gate: tokio::sync::watch::channel(Gate::Open).0,
+            inflight: std::sync::Mutex::new(std::collections::HashMap::new()),
+            idle: tokio::sync::Notify::new(),
+            next_conn: std::sync::atomic::AtomicU64::new(0),
+            conns: std::sync::Mutex::new(Vec::new()),
+            accept: std::sync::Mutex::new(None),
+        });
+        for c in conns {
+            let stream = std::os::unix::net::UnixStream::from(c.fd);
+            match stream
+                .set_nonblocking(true)
+                .and_then(|()| UnixStream::from_std(stream))
+            {
+                Ok(s) => server.add_conn(s, c.unread, c.pending),
+                Err(e) => crate::warn!("ttrpc: a handed-over connection is unusable: {e}"),
             }
-        };
-        if let Err(e) = check_peer(&stream) {
-            crate::warn!("ttrpc: refusing connection: {e}");
-            continue;
         }
-        tokio::spawn(serve_conn(stream, handler.clone()));
+        let task = tokio::spawn(server.clone().accept_loop(listener));
+        *lock(&server.accept) = Some(task);
+        server
     }
+
+    async fn accept_loop(self: Arc<Self>, listener: UnixListener) -> Option<UnixListener> {
+        let mut gate = self.gate.subscribe();
+        loop {
+            tokio::select! {
+                r = gate.changed() => {
+                    if r.is_err() || *gate.borrow() == Gate::Handover {
+                        return Some(listener);
+                    }
+                }
+                r = listener.accept(), if *gate.borrow() == Gate::Open => match r {
+                    Ok((s, _)) => match check_peer(&s) {
+                        Ok(()) => self.add_conn(s, Vec::new(), Vec::new()),
+                        Err(e) => crate::warn!("ttrpc: refusing connection: {e}"),
+                    },
+                    Err(e) => {
+                        crate::warn!("ttrpc accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    fn add_conn(
+        self: &Arc<Self>,
+        stream: UnixStream,
+        unread: Vec<u8>,
+        pending: Vec<(u32, Vec<u8>)>,
+    ) {
+        let id = self
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (rd, wr) = stream.into_split();
+        let wr: Writer = Arc::new(Mutex::new(wr));
+        for (stream_id, request) in pending {
+            self.handle(id, stream_id, request, &wr, true);
+        }
+        let task = tokio::spawn(self.clone().conn_loop(id, rd, wr, unread));
+        let mut conns = lock(&self.conns);
+        conns.retain(|t| !t.is_finished());
+        conns.push(task);
+    }
+
+    async fn conn_loop(
+        self: Arc<Self>,
+        id: u64,
+        mut rd: tokio::net::unix::OwnedReadHalf,
+        wr: Writer,
+        mut buf: Vec<u8>,
+    ) -> Option<Stopped> {
+        let mut gate = self.gate.subscribe();
+        loop {
+            while *gate.borrow() == Gate::Open {
+                match take_frame(&mut buf) {
+                    Ok(Some(f)) if f.kind == TYPE_REQUEST => {
+                        self.handle(id, f.stream_id, f.payload, &wr, false)
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        crate::debug!("ttrpc read: {e}");
+                        return None;
+                    }
+                }
+            }
+            tokio::select! {
+                r = gate.changed() => {
+                    if r.is_err() {
+                        return None;
+                    }
+                    if *gate.borrow() == Gate::Handover {
+                        return Some(Stopped { id, rd, wr, buf });
+                    }
+                }
+                r = rd.read_buf(&mut buf), if *gate.borrow() == Gate::Open => match r {
+                    Ok(0) => return None,
+                    Ok(_) => {}
+                    Err(e) => {
+                        crate::debug!("ttrpc read: {e}");
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles one request in its own task, so a blocking `Wait` never
+    /// holds up other calls. `again`: a request handed over by a previous
+    /// image, handled again.
+    fn handle(
+        self: &Arc<Self>,
+        conn: u64,
+        stream_id: u32,
+        request: Vec<u8>,
+        wr: &Writer,
+        again: bool,
+    ) {
+        let req = Request::parse_from_bytes(&request);
+        let resumable = req
+            .as_ref()
+            .is_ok_and(|r| self.handler.resumable(&r.service, &r.method));
+        let mut inflight = lock(&self.inflight);
+        let (this, wr) = (self.clone(), wr.clone());
+        let task = tokio::spawn(async move {
+            let mut resp = Response::new();
+            match req {
+                Ok(req) => {
+                    // The caller's deadline bounds the runtime calls the
+                    // handler makes (see `deadline`); the handler itself runs
+                    // to completion so it can clean up.
+                    let deadline = u64::try_from(req.timeout_nano)
+                        .ok()
+                        .filter(|ns| *ns > 0)
+                        .map(|ns| tokio::time::Instant::now() + Duration::from_nanos(ns));
+                    let h = this.handler.clone();
+                    let call = if again {
+                        h.redispatch(req.service, req.method, req.payload)
+                    } else {
+                        h.dispatch(req.service, req.method, req.payload)
+                    };
+                    match DEADLINE.scope(deadline, call).await {
+                        Ok(payload) => resp.payload = payload,
+                        Err(s) => resp.status = Some(s).into(),
+                    }
+                }
+                Err(e) => {
+                    resp.status =
+                        Some(status(Code::INVALID_ARGUMENT, format!("bad request: {e}"))).into()
+                }
+            }
+            match resp.write_to_bytes() {
+                Ok(payload) => {
+                    let out = Frame {
+                        stream_id,
+                        kind: TYPE_RESPONSE,
+                        payload,
+                    };
+                    let mut w = wr.lock().await;
+                    if let Err(e) = write_frame(&mut *w, &out).await {
+                        crate::debug!("ttrpc write: {e}");
+                    }
+                }
+                Err(e) => crate::error!("ttrpc encode: {e}"),
+            }
+            lock(&this.inflight).remove(&(conn, stream_id));
+            this.idle.notify_waiters();
+        });
+        inflight.insert(
+            (conn, stream_id),
+            Entry {
+                request,
+                resumable,
+                task: Some(task),
+            },
+        );
+    }
+
+    /// Stops between requests and hands the listener and every connection
+    /// over: no new request is taken; calls in flight get up to `wait` to
+    /// finish (resumable ones, `Wait`, are abandoned and handed over to be
+    /// handled again). If they do not finish in time, the server serves on
+    /// and the names of the busy calls come back as the error.
+    pub async fn handover(&self, wait: Duration) -> Result<ServerHandover, String> {
+        self.gate.send_replace(Gate::Draining);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let idle = self.idle.notified();
+            let busy: Vec<String> = lock(&self.inflight)
+                .values()
+                .filter(|e| !e.resumable)
+                .map(|e| {
+                    Request::parse_from_bytes(&e.request)
+                        .map(|r| format!("{}/{}", r.service, r.method))
+                        .unwrap_or_default()
+                })
+                .collect();
+            if busy.is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                self.gate.send_replace(Gate::Open);
+                return Err(format!("calls still running: {}", busy.join(", ")));
+            }
+        }
+        self.gate.send_replace(Gate::Handover);
+        let accept = lock(&self.accept).take();
+        let listener = match accept {
+            Some(t) => t.await.ok().flatten(),
+            None => None,
+        };
+        let listener = listener.ok_or("the listener is gone")?;
+        let mut stopped = Vec::new();
+        let tasks: Vec<_> = std::mem::take(&mut *lock(&self.conns));
+        for t in tasks {
+            if let Ok(Some(s)) = t.await {
+                stopped.push(s);
+            }
+        }
+        // The calls still in flight are resumable ones: abandon them here.
+        let entries: Vec<((u64, u32), Entry)> = lock(&self.inflight).drain().collect();
+        let mut pending: std::collections::HashMap<u64, Vec<(u32, Vec<u8>)>> =
+            std::collections::HashMap::new();
+        for ((conn, stream_id), mut e) in entries {
+            if let Some(t) = e.task.take() {
+                t.abort();
+                let _ = t.await;
+            }
+            pending
+                .entry(conn)
+                .or_default()
+                .push((stream_id, e.request));
+        }
+        let mut conns = Vec::new();
+        for s in stopped {
+            let wr = Arc::try_unwrap(s.wr)
+                .map_err(|_| "a connection's writer is still in use")?
+                .into_inner();
+            let stream =
+                s.rd.reunite(wr)
+                    .map_err(|e| format!("reunite connection: {e}"))?;
+            let std = stream.into_std().map_err(|e| format!("connection: {e}"))?;
+            let mut calls = pending.remove(&s.id).unwrap_or_default();
+            calls.sort_by_key(|c| c.0);
+            conns.push(ConnHandover {
+                fd: std.into(),
+                unread: s.buf,
+                pending: calls,
+            });
+        }
+        let listener = listener.into_std().map_err(|e| format!("listener: {e}"))?;
+        Ok(ServerHandover {
+            listener: listener.into(),
+            conns,
+        })
+    }
+}
+
+/// Takes one complete frame off the front of `buf`, if there is one.
+fn take_frame(buf: &mut Vec<u8>) -> io::Result<Option<Frame>> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message length {len} exceeds maximum message size of {MAX_MESSAGE}"),
+        ));
+    }
+    if buf.len() < HEADER_LEN + len {
+        return Ok(None);
+    }
+    let stream_id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let kind = buf[8];
+    let payload = buf[HEADER_LEN..HEADER_LEN + len].to_vec();
+    buf.drain(..HEADER_LEN + len);
+    Ok(Some(Frame {
+        stream_id,
+        kind,
+        payload,
+    }))
 }
 
 /// Refuses peers whose uid or gid differ from the shim's effective ones.
@@ -139,64 +500,6 @@ fn check_peer(stream: &UnixStream) -> io::Result<()> {
         ));
     }
     Ok(())
-}
-
-async fn serve_conn<D: Dispatch>(stream: UnixStream, handler: Arc<D>) {
-    let (mut rd, wr) = stream.into_split();
-    let wr = Arc::new(Mutex::new(wr));
-    loop {
-        let frame = match read_frame(&mut rd).await {
-            Ok(Some(f)) => f,
-            Ok(None) => return,
-            Err(e) => {
-                crate::debug!("ttrpc read: {e}");
-                return;
-            }
-        };
-        if frame.kind != TYPE_REQUEST {
-            continue;
-        }
-        let (handler, wr) = (handler.clone(), wr.clone());
-        tokio::spawn(async move {
-            let mut resp = Response::new();
-            match Request::parse_from_bytes(&frame.payload) {
-                Ok(req) => {
-                    // The caller's deadline bounds the runtime calls the
-                    // handler makes (see `deadline`); the handler itself runs
-                    // to completion so it can clean up.
-                    let deadline = u64::try_from(req.timeout_nano)
-                        .ok()
-                        .filter(|ns| *ns > 0)
-                        .map(|ns| tokio::time::Instant::now() + Duration::from_nanos(ns));
-                    let call = handler.dispatch(req.service, req.method, req.payload);
-                    match DEADLINE.scope(deadline, call).await {
-                        Ok(payload) => resp.payload = payload,
-                        Err(s) => resp.status = Some(s).into(),
-                    }
-                }
-                Err(e) => {
-                    resp.status =
-                        Some(status(Code::INVALID_ARGUMENT, format!("bad request: {e}"))).into()
-                }
-            }
-            let payload = match resp.write_to_bytes() {
-                Ok(p) => p,
-                Err(e) => {
-                    crate::error!("ttrpc encode: {e}");
-                    return;
-                }
-            };
-            let out = Frame {
-                stream_id: frame.stream_id,
-                kind: TYPE_RESPONSE,
-                payload,
-            };
-            let mut w = wr.lock().await;
-            if let Err(e) = write_frame(&mut *w, &out).await {
-                crate::debug!("ttrpc write: {e}");
-            }
-        });
-    }
 }
 
 /// Errors of a ttrpc client call.
@@ -399,5 +702,132 @@ mod tests {
         let mut bytes: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0];
         let err = read_frame(&mut bytes).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// A `Wait`-like call on the handler that answers when told.
+    struct Resumable {
+        answer: tokio::sync::watch::Receiver<bool>,
+        name: &'static str,
+    }
+    impl Dispatch for Resumable {
+        fn dispatch(
+            self: Arc<Self>,
+            _service: String,
+            method: String,
+            payload: Vec<u8>,
+        ) -> BoxFuture<'static, Result<Vec<u8>, Status>> {
+            Box::pin(async move {
+                if method == "Wait" {
+                    let mut a = self.answer.clone();
+                    let _ = a.wait_for(|v| *v).await;
+                }
+                let mut out = self.name.as_bytes().to_vec();
+                out.extend_from_slice(&payload);
+                Ok(out)
+            })
+        }
+        fn resumable(&self, _service: &str, method: &str) -> bool {
+            method == "Wait"
+        }
+    }
+
+    /// A server hands its listener and a connection with a pending `Wait`
+    /// over to another server (the next image): the client's call is
+    /// answered, on the same connection and stream, by the new one; a call
+    /// sent while the first was stopping is served by the second.
+    #[tokio::test]
+    async fn hands_over_listener_connections_and_pending_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let (_never, rx) = tokio::sync::watch::channel(false);
+        let old = Server::start(
+            UnixListener::bind(&path).unwrap(),
+            Arc::new(Resumable {
+                answer: rx.clone(),
+                name: "old:",
+            }),
+            Vec::new(),
+        );
+        let addr = path.to_str().unwrap().to_string();
+        let mut c = Client::connect(&addr).await.unwrap();
+        assert_eq!(
+            c.call("s", "Echo", b"1".to_vec(), &[], Duration::from_secs(5))
+                .await
+                .unwrap(),
+            b"old:1"
+        );
+        let a = addr.clone();
+        let waiter = tokio::spawn(async move {
+            let mut w = Client::connect(&a).await.unwrap();
+            w.call("s", "Wait", b"w".to_vec(), &[], Duration::from_secs(10))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let h = old.handover(Duration::from_secs(1)).await.unwrap();
+        assert_eq!(h.conns.len(), 2);
+        assert_eq!(h.conns.iter().map(|c| c.pending.len()).sum::<usize>(), 1);
+        // A call made now waits, unread, in the socket.
+        let echo = tokio::spawn(async move {
+            c.call("s", "Echo", b"2".to_vec(), &[], Duration::from_secs(10))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let listener = std::os::unix::net::UnixListener::from(h.listener);
+        listener.set_nonblocking(true).unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(true);
+        let _new = Server::start(
+            UnixListener::from_std(listener).unwrap(),
+            Arc::new(Resumable {
+                answer: rx,
+                name: "new:",
+            }),
+            h.conns,
+        );
+        drop(tx);
+        assert_eq!(waiter.await.unwrap().unwrap(), b"new:w");
+        assert_eq!(echo.await.unwrap().unwrap(), b"new:2");
+        let mut fresh = Client::connect(&addr).await.unwrap();
+        assert_eq!(
+            fresh
+                .call("s", "Echo", b"3".to_vec(), &[], Duration::from_secs(5))
+                .await
+                .unwrap(),
+            b"new:3"
+        );
+    }
+
+    /// A call that does not finish keeps the server from handing over: it
+    /// serves on.
+    #[tokio::test]
+    async fn a_busy_server_refuses_the_handover_and_serves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let server = Server::start(
+            UnixListener::bind(&path).unwrap(),
+            Arc::new(Echo),
+            Vec::new(),
+        );
+        let addr = path.to_str().unwrap().to_string();
+        let a = addr.clone();
+        let _slow = tokio::spawn(async move {
+            let mut s = Client::connect(&a).await.unwrap();
+            let _ = s
+                .call("s", "Slow", vec![], &[], Duration::from_secs(30))
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let err = server
+            .handover(Duration::from_millis(200))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.contains("s/Slow"), "{err}");
+        let mut c = Client::connect(&addr).await.unwrap();
+        assert_eq!(
+            c.call("s", "Echo", b"x".to_vec(), &[], Duration::from_secs(5))
+                .await
+                .unwrap(),
+            b"x"
+        );
     }
 }

@@ -26,7 +26,8 @@ use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
 
 use crate::ttrpc::Client;
 
@@ -139,11 +140,18 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
+/// An event ready to forward: its topic and the encoded `ForwardRequest`.
+pub type Encoded = (String, Vec<u8>);
+
+/// The forwarder's pause switch and task (for an upgrade in place).
+type Control = Arc<std::sync::Mutex<Option<(watch::Sender<bool>, JoinHandle<Vec<Encoded>>)>>>;
+
 /// The sending side of the event queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
     tx: mpsc::UnboundedSender<Msg>,
     seen: Arc<Notify>,
+    control: Control,
 }
 
 impl Publisher {
@@ -152,18 +160,21 @@ impl Publisher {
     /// not take go to `store` (without one they are dropped after the
     /// retries).
     pub fn spawn(address: String, namespace: String, store: Option<Store>) -> Publisher {
-        Publisher::spawn_with(address, namespace, store, Timing::default())
+        Publisher::spawn_with(address, namespace, store, Timing::default(), Vec::new())
     }
 
-    /// [`Publisher::spawn`] with explicit timing.
+    /// [`Publisher::spawn`] with explicit timing, and events a previous image
+    /// of the shim had not sent yet (sent first, in order).
     pub fn spawn_with(
         address: String,
         namespace: String,
         store: Option<Store>,
         timing: Timing,
+        pending: Vec<Encoded>,
     ) -> Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
         let seen = Arc::new(Notify::new());
+        let (pause_tx, pause) = watch::channel(false);
         let f = Forwarder {
             address,
             namespace,
@@ -171,9 +182,30 @@ impl Publisher {
             store,
             seen: seen.clone(),
             timing,
+            pause,
         };
-        tokio::spawn(f.run(rx));
-        Publisher { tx, seen }
+        let task = tokio::spawn(f.run(rx, pending.into()));
+        Publisher {
+            tx,
+            seen,
+            control: Arc::new(std::sync::Mutex::new(Some((pause_tx, task)))),
+        }
+    }
+
+    /// Stops the forwarder between two sends and returns the events it had
+    /// not sent, in order (for an upgrade in place). Events kept in the
+    /// store stay there.
+    pub async fn pause(&self) -> Vec<Encoded> {
+        let ctl = self
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some((switch, task)) = ctl else {
+            return Vec::new();
+        };
+        let _ = switch.send(true);
+        task.await.unwrap_or_default()
     }
 
     /// containerd made a request: it is up (kept events may go now).
@@ -201,6 +233,7 @@ impl Publisher {
             Publisher {
                 tx,
                 seen: Arc::new(Notify::new()),
+                control: Arc::new(std::sync::Mutex::new(None)),
             },
             erx,
         )
@@ -243,29 +276,100 @@ struct Forwarder {
     store: Option<Store>,
     seen: Arc<Notify>,
     timing: Timing,
+    pause: watch::Receiver<bool>,
+}
+
+/// Resolves once a pause is asked for (never if the switch is gone).
+async fn paused(pause: &mut watch::Receiver<bool>) {
+    if pause.wait_for(|p| *p).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// How a wait of the forwarder ended.
+enum Wake {
+    /// Go on.
+    Go,
+    /// The queue closed: the shim is exiting.
+    Closed,
+    /// A pause was asked for.
+    Paused,
 }
 
 impl Forwarder {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    fn paused(&self) -> bool {
+        *self.pause.borrow()
+    }
+
+    /// Forwards events in order until the queue closes (returns nothing) or
+    /// a pause is asked for (returns what was not sent, in order). A send in
+    /// progress is finished first, so no event goes twice.
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut pending: std::collections::VecDeque<Encoded>,
+    ) -> Vec<Encoded> {
         loop {
+            if self.paused() {
+                return self.hand_back(pending, rx);
+            }
             if self.store.as_ref().is_some_and(|s| !s.is_empty()) {
-                if !self.replay(&mut rx).await {
-                    return;
+                // Queued events go behind the kept ones.
+                while let Some(p) = pending.pop_front() {
+                    self.keep(&p.1);
                 }
+                match self.replay(&mut rx).await {
+                    Wake::Go => continue,
+                    Wake::Closed => return Vec::new(),
+                    Wake::Paused => return self.hand_back(pending, rx),
+                }
+            }
+            let next = match pending.pop_front() {
+                Some(p) => p,
+                None => {
+                    let mut pause = self.pause.clone();
+                    tokio::select! {
+                        _ = paused(&mut pause) => continue,
+                        m = rx.recv() => match m {
+                            None => return Vec::new(),
+                            Some(Msg::Flush(done)) => {
+                                let _ = done.send(());
+                                continue;
+                            }
+                            Some(Msg::Event(e, at)) => {
+                                (e.topic.to_string(), envelope(&e, at, &self.namespace))
+                            }
+                        },
+                    }
+                }
+            };
+            if self.address.is_empty() {
                 continue;
             }
-            let Some(m) = rx.recv().await else { return };
+            if let Wake::Paused = self.deliver(&next.0, &next.1).await {
+                pending.push_front(next);
+                return self.hand_back(pending, rx);
+            }
+        }
+    }
+
+    /// What was not sent when a pause came: `pending`, then the queue.
+    fn hand_back(
+        &self,
+        mut pending: std::collections::VecDeque<Encoded>,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+    ) -> Vec<Encoded> {
+        while let Ok(m) = rx.try_recv() {
             match m {
+                Msg::Event(e, at) => {
+                    pending.push_back((e.topic.to_string(), envelope(&e, at, &self.namespace)))
+                }
                 Msg::Flush(done) => {
                     let _ = done.send(());
                 }
-                Msg::Event(_, _) if self.address.is_empty() => {}
-                Msg::Event(e, at) => {
-                    let payload = envelope(&e, at, &self.namespace);
-                    self.deliver(e.topic, payload).await;
-                }
             }
         }
+        pending.into()
     }
 
     /// One attempt to forward an encoded `ForwardRequest`.
@@ -293,13 +397,22 @@ impl Forwarder {
         })
     }
 
+    /// Sleeps, unless a pause comes first.
+    async fn sleep(&mut self, d: Duration) -> Wake {
+        let mut pause = self.pause.clone();
+        tokio::select! {
+            _ = paused(&mut pause) => Wake::Paused,
+            _ = tokio::time::sleep(d) => Wake::Go,
+        }
+    }
+
     /// Sends one event, retrying in place; what containerd does not take
     /// goes to the store.
-    async fn deliver(&mut self, topic: &str, payload: Vec<u8>) {
+    async fn deliver(&mut self, topic: &str, payload: &[u8]) -> Wake {
         let mut attempt = 0;
         loop {
-            let Err(err) = self.send(&payload).await else {
-                return;
+            let Err(err) = self.send(payload).await else {
+                return Wake::Go;
             };
             attempt += 1;
             if attempt > self.timing.retries {
@@ -308,14 +421,16 @@ impl Forwarder {
                         crate::warn!(
                             "containerd did not take event {topic} ({err}): keeping it until it does"
                         );
-                        self.keep(&payload);
+                        self.keep(payload);
                     }
                     None => crate::error!("dropping event {topic}: {err}"),
                 }
-                return;
+                return Wake::Go;
             }
             crate::warn!("publish {topic} (attempt {attempt}): {err}");
-            tokio::time::sleep(self.timing.retry_delay * attempt).await;
+            if let Wake::Paused = self.sleep(self.timing.retry_delay * attempt).await {
+                return Wake::Paused;
+            }
         }
     }
 
@@ -329,29 +444,31 @@ impl Forwarder {
     }
 
     /// Handles what arrives while kept events wait: new events are kept
-    /// behind them. Returns false when the queue is closed.
-    fn queue(&mut self, m: Option<Msg>) -> bool {
+    /// behind them.
+    fn queue(&mut self, m: Option<Msg>) -> Wake {
         match m {
-            None => false,
+            None => Wake::Closed,
             Some(Msg::Flush(done)) => {
                 let _ = done.send(());
-                true
+                Wake::Go
             }
             Some(Msg::Event(e, at)) => {
                 let payload = envelope(&e, at, &self.namespace);
                 self.keep(&payload);
-                true
+                Wake::Go
             }
         }
     }
 
     /// Waits until containerd answers, then replays the kept events oldest
-    /// first. Returns false when the queue is closed.
-    async fn replay(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) -> bool {
+    /// first (each removed once delivered).
+    async fn replay(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) -> Wake {
         let (mut probe, longest) = self.timing.probe;
+        let mut pause = self.pause.clone();
         loop {
             tokio::select! {
-                m = rx.recv() => if !self.queue(m) { return false },
+                _ = paused(&mut pause) => return Wake::Paused,
+                m = rx.recv() => if let w @ (Wake::Closed | Wake::Paused) = self.queue(m) { return w },
                 _ = self.seen.notified() => break,
                 _ = tokio::time::sleep(probe) => {
                     if Client::connect(&self.address).await.is_ok() {
@@ -364,22 +481,26 @@ impl Forwarder {
         let until = tokio::time::Instant::now() + self.timing.grace;
         loop {
             tokio::select! {
-                m = rx.recv() => if !self.queue(m) { return false },
+                _ = paused(&mut pause) => return Wake::Paused,
+                m = rx.recv() => if let w @ (Wake::Closed | Wake::Paused) = self.queue(m) { return w },
                 _ = tokio::time::sleep_until(until) => break,
             }
         }
         let Some(store) = self.store.clone() else {
-            return true;
+            return Wake::Go;
         };
         let records = match store.load() {
             Ok(r) => r,
             Err(e) => {
                 crate::error!("event store {}: {e}", store.path().display());
-                return true;
+                return Wake::Go;
             }
         };
         let mut sent = 0;
         for r in &records {
+            if self.paused() {
+                return Wake::Paused;
+            }
             if let Err(e) = self.send(r).await {
                 crate::warn!("replaying kept events: {e}; {} left", records.len() - sent);
                 break;
@@ -392,7 +513,7 @@ impl Forwarder {
         if sent == records.len() {
             crate::info!("containerd is back: delivered {sent} kept events");
         }
-        true
+        Wake::Go
     }
 }
 
@@ -475,6 +596,7 @@ mod tests {
             "ns1".into(),
             Some(store.clone()),
             timing,
+            Vec::new(),
         );
         p.publish(Event::start(&TaskStart::new()));
         p.publish(Event::oom(&TaskOOM::new()));

@@ -60,6 +60,16 @@ impl Outlet {
         }
     }
 
+    /// Takes the outlet apart (for a handover).
+    pub fn into_parts(self) -> OutletParts {
+        OutletParts {
+            src: self.src,
+            fifo_reader: self.fifo_reader,
+            pty: self.pty,
+            counts: (self.flow.taken(), self.flow.sent(), self.flow.dropped()),
+        }
+    }
+
     /// What must be delivered: everything taken so far plus what waits in
     /// the source now (`None` for a pty: its relay must end).
     fn target(&self) -> Option<u64> {
@@ -82,6 +92,18 @@ impl Outlet {
             None => false,
         }
     }
+}
+
+/// An outlet's parts, for a handover.
+pub struct OutletParts {
+    /// The relay's source.
+    pub src: Arc<OwnedFd>,
+    /// The shim's reader on the destination FIFO.
+    pub fifo_reader: Option<OwnedFd>,
+    /// The source is a pty master.
+    pub pty: bool,
+    /// Bytes taken, sent and dropped.
+    pub counts: (u64, u64, u64),
 }
 
 /// Why delivery was not confirmed.

@@ -98,6 +98,24 @@ impl Logger {
         }
     }
 
+    /// A logger that was started by a previous image of this shim (an
+    /// upgrade in place): its exit is learned from `reaper` from now on.
+    pub fn adopt(pid: i32, reaper: &Arc<Reaper>) -> Logger {
+        let mut exits = reaper.subscribe();
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let e = exits.wait_for(pid).await;
+            crate::debug!("logger {pid} exited with {}", e.status);
+            let _ = tx.send(true);
+        });
+        Logger { pid, exited: rx }
+    }
+
+    /// The logger's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// A receiver that turns true when the logger has exited.
     pub fn exited(&self) -> watch::Receiver<bool> {
         self.exited.clone()

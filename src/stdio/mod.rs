@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use rustix::fs::{Gid, Uid};
 use rustix::pipe::{pipe_with, PipeFlags};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::reaper::Reaper;
@@ -42,7 +43,7 @@ use crate::runtime::ProcessStdio;
 use console::ConsoleSocket;
 pub use delivery::{Outlet, Undelivered};
 use logger::Logger;
-use relay::{relay, relay_counted, Flow, Sink};
+use relay::{Flow, Outcome, PauseSignal, Phase, RelayState, Sink};
 pub use spill::SpillPolicy;
 
 /// Errors setting up stdio.
@@ -271,19 +272,75 @@ pub struct Owner<'a> {
     pub spill: SpillPolicy,
 }
 
+type RelayTask = JoinHandle<std::io::Result<Outcome>>;
+
+/// One output stream: its relay and what the exit path looks at.
+struct Output {
+    outlet: Arc<Outlet>,
+    task: RelayTask,
+}
+
+/// A logger process with the shim's own read ends of its pipes (drained by
+/// `watch` if the logger dies).
+struct LoggerIo {
+    logger: Logger,
+    pipes: [Arc<OwnedFd>; 2],
+    watch: JoinHandle<()>,
+}
+
 /// The shim side of a process's stdio: running relays, the stdin handle,
 /// the console, and the logger.
 #[derive(Default)]
 pub struct ProcessIo {
-    tasks: Vec<JoinHandle<()>>,
-    outlets: Vec<Arc<Outlet>>,
-    stdin_relay: Option<JoinHandle<()>>,
+    outputs: Vec<Output>,
+    stdin_relay: Option<RelayTask>,
     stdin_closer: Mutex<Option<OwnedFd>>,
     console: Mutex<Option<OwnedFd>>,
-    logger: Option<Logger>,
+    logger: Option<LoggerIo>,
     /// For a terminal: where the master's output goes, and the stdin source,
     /// until the master arrives.
     pending_console: Option<(Option<Dest>, Option<OwnedFd>)>,
+    /// Pauses every relay of the process (an upgrade in place).
+    pause: Option<watch::Sender<bool>>,
+}
+
+/// One output stream as it was paused: the relay (`None` once it ended) and
+/// what the exit path needs (the source, the shim's own FIFO reader, the
+/// counts).
+pub struct OutputState {
+    /// The paused relay, if it had not ended.
+    pub relay: Option<RelayState>,
+    /// The source (also the relay's).
+    pub src: Arc<OwnedFd>,
+    /// The shim's reader on the destination FIFO.
+    pub fifo_reader: Option<OwnedFd>,
+    /// The source is a pty master.
+    pub pty: bool,
+    /// Bytes taken, sent and dropped so far.
+    pub counts: (u64, u64, u64),
+}
+
+/// A logger as it was paused.
+pub struct LoggerState {
+    /// Its pid (the shim's child).
+    pub pid: i32,
+    /// The shim's read ends of its stdout and stderr pipes.
+    pub pipes: [Arc<OwnedFd>; 2],
+}
+
+/// A process's stdio, paused: everything to resume it after an upgrade.
+#[derive(Default)]
+pub struct IoState {
+    /// Output streams.
+    pub outputs: Vec<OutputState>,
+    /// The stdin relay, if running.
+    pub stdin: Option<RelayState>,
+    /// The shim's writer on the stdin FIFO (the CloseIO handle).
+    pub stdin_closer: Option<OwnedFd>,
+    /// A terminal's master.
+    pub console: Option<OwnedFd>,
+    /// The logger.
+    pub logger: Option<LoggerState>,
 }
 
 impl ProcessIo {
@@ -322,15 +379,7 @@ impl ProcessIo {
             )
             .await
             .map_err(io_err(path))?;
-            // Our own readers: drained if the logger dies.
-            let mut exited = logger.exited();
-            io.tasks.push(tokio::spawn(async move {
-                if exited.wait_for(|e| *e).await.is_ok() {
-                    crate::warn!("logger exited; discarding the container's output");
-                    tokio::join!(relay::discard(r1), relay::discard(r2));
-                }
-            }));
-            io.logger = Some(logger);
+            io.logger = Some(LoggerIo::new(logger, [Arc::new(r1), Arc::new(r2)]));
             if spec.terminal {
                 logger_stdout_w = Some(w1);
             } else {
@@ -390,9 +439,7 @@ impl ProcessIo {
             let (r, w) = pipe()?;
             chown(&r);
             cside.stdin = Some(r);
-            io.stdin_relay = Some(tokio::spawn(async move {
-                let _ = relay(src, Sink::Pollable(w)).await;
-            }));
+            io.spawn_stdin(src, w);
         }
         Ok(Prepared {
             io,
@@ -409,34 +456,142 @@ impl ProcessIo {
         }
         if let Some(src) = stdin_src {
             let to_master = dup(&master)?;
-            self.stdin_relay = Some(tokio::spawn(async move {
-                let _ = relay(src, Sink::Pollable(to_master)).await;
-            }));
+            self.spawn_stdin(src, to_master);
         }
         *self.console.lock().unwrap_or_else(|p| p.into_inner()) = Some(master);
         Ok(())
+    }
+
+    /// The signal that pauses this process's relays.
+    fn pause_signal(&mut self) -> PauseSignal {
+        let (tx, signal) = PauseSignal::new();
+        match &self.pause {
+            Some(tx) => PauseSignal::from(tx.subscribe()),
+            None => {
+                self.pause = Some(tx);
+                signal
+            }
+        }
+    }
+
+    /// Runs one relay in its own task.
+    fn spawn(&mut self, state: RelayState, flow: Arc<Flow>) -> RelayTask {
+        let signal = self.pause_signal();
+        tokio::spawn(async move {
+            let r = relay::run(state, flow, relay::STALL, signal).await;
+            if let Err(e) = &r {
+                crate::warn!("stdio relay: {e}");
+            }
+            r
+        })
     }
 
     /// Starts relaying one output stream, and records it for delivery.
     fn spawn_relay(&mut self, src: OwnedFd, dest: Dest, pty: bool) {
         let src = Arc::new(src);
         let flow = Arc::new(Flow::default());
-        self.outlets.push(Arc::new(Outlet::new(
-            flow.clone(),
-            src.clone(),
-            dest.keeper,
-            pty,
-        )));
-        self.tasks.push(tokio::spawn(async move {
-            if let Err(e) = relay_counted(src, dest.sink, flow, relay::STALL).await {
-                crate::warn!("stdio relay: {e}");
-            }
-        }));
+        let outlet = Arc::new(Outlet::new(flow.clone(), src.clone(), dest.keeper, pty));
+        let state = RelayState {
+            src,
+            sink: dest.sink,
+            splice: true,
+            phase: Phase::Flowing,
+        };
+        let task = self.spawn(state, flow);
+        self.outputs.push(Output { outlet, task });
+    }
+
+    /// Starts relaying stdin into the container (waits as long as it takes).
+    fn spawn_stdin(&mut self, src: OwnedFd, to: OwnedFd) {
+        let state = RelayState {
+            src: Arc::new(src),
+            sink: Sink::Pollable(to),
+            splice: true,
+            phase: Phase::Flowing,
+        };
+        self.stdin_relay = Some(self.spawn(state, Arc::new(Flow::default())));
     }
 
     /// The output streams, for the exit path to wait on their delivery.
     pub fn outlets(&self) -> Vec<Arc<Outlet>> {
-        self.outlets.clone()
+        self.outputs.iter().map(|o| o.outlet.clone()).collect()
+    }
+
+    /// Pauses every relay where it stands and takes the stdio apart (for an
+    /// upgrade in place). Fails if something else still holds an output
+    /// (an exit still waiting for its delivery).
+    pub async fn pause(mut self) -> Result<IoState, StdioError> {
+        if let Some(tx) = &self.pause {
+            let _ = tx.send(true);
+        }
+        let mut state = IoState::default();
+        for out in std::mem::take(&mut self.outputs) {
+            let relay = match (&mut { out.task }).await {
+                Ok(Ok(Outcome::Paused(r))) => Some(*r),
+                Ok(Ok(Outcome::Ended)) | Ok(Err(_)) | Err(_) => None,
+            };
+            let outlet = Arc::try_unwrap(out.outlet).map_err(|_| {
+                StdioError::Io("pause".into(), std::io::Error::other("output busy"))
+            })?;
+            let parts = outlet.into_parts();
+            state.outputs.push(OutputState {
+                relay,
+                src: parts.src,
+                fifo_reader: parts.fifo_reader,
+                pty: parts.pty,
+                counts: parts.counts,
+            });
+        }
+        if let Some(t) = self.stdin_relay.take() {
+            if let Ok(Ok(Outcome::Paused(r))) = t.await {
+                state.stdin = Some(*r);
+            }
+        }
+        state.stdin_closer = self
+            .stdin_closer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        state.console = self
+            .console
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(l) = self.logger.take() {
+            l.watch.abort();
+            state.logger = Some(LoggerState {
+                pid: l.logger.pid(),
+                pipes: l.pipes,
+            });
+        }
+        Ok(state)
+    }
+
+    /// Resumes a paused stdio (after an upgrade in place).
+    pub fn resume(state: IoState, reaper: &Arc<Reaper>) -> ProcessIo {
+        let mut io = ProcessIo::default();
+        for out in state.outputs {
+            let (taken, sent, dropped) = out.counts;
+            let flow = Arc::new(Flow::resumed(taken, sent, dropped));
+            let outlet = Arc::new(Outlet::new(flow.clone(), out.src, out.fifo_reader, out.pty));
+            let task = match out.relay {
+                Some(r) => io.spawn(r, flow),
+                None => {
+                    flow.mark_ended();
+                    tokio::spawn(async { Ok(Outcome::Ended) })
+                }
+            };
+            io.outputs.push(Output { outlet, task });
+        }
+        if let Some(r) = state.stdin {
+            io.stdin_relay = Some(io.spawn(r, Arc::new(Flow::default())));
+        }
+        *io.stdin_closer.get_mut().unwrap_or_else(|p| p.into_inner()) = state.stdin_closer;
+        *io.console.get_mut().unwrap_or_else(|p| p.into_inner()) = state.console;
+        if let Some(l) = state.logger {
+            io.logger = Some(LoggerIo::new(Logger::adopt(l.pid, reaper), l.pipes));
+        }
+        io
     }
 
     /// Resizes the terminal, if the process has one.
@@ -469,15 +624,15 @@ impl ProcessIo {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let tasks = std::mem::take(&mut self.tasks);
-        let aborts: Vec<_> = tasks.iter().map(|h| h.abort_handle()).collect();
+        let outputs = std::mem::take(&mut self.outputs);
+        let aborts: Vec<_> = outputs.iter().map(|o| o.task.abort_handle()).collect();
         let all = async {
-            for h in tasks {
-                let _ = h.await;
+            for o in outputs {
+                let _ = o.task.await;
             }
         };
         let logger = self.logger.take();
-        if tokio::time::timeout(timeout, all).await.is_err() || logger.is_some() {
+        if tokio::time::timeout(timeout, all).await.is_err() {
             for a in aborts {
                 a.abort();
             }
@@ -487,18 +642,42 @@ impl ProcessIo {
             h.abort();
         }
         if let Some(l) = logger {
-            l.stop(timeout).await;
+            l.watch.abort();
+            l.logger.stop(timeout).await;
+        }
+    }
+}
+
+impl LoggerIo {
+    /// Watches `logger`; if it dies, the shim drains its pipes so the
+    /// container neither blocks nor gets SIGPIPE.
+    fn new(logger: Logger, pipes: [Arc<OwnedFd>; 2]) -> LoggerIo {
+        let mut exited = logger.exited();
+        let [a, b] = pipes.clone();
+        let watch = tokio::spawn(async move {
+            if exited.wait_for(|e| *e).await.is_ok() {
+                crate::warn!("logger exited; discarding the container's output");
+                tokio::join!(relay::discard_shared(a), relay::discard_shared(b));
+            }
+        });
+        LoggerIo {
+            logger,
+            pipes,
+            watch,
         }
     }
 }
 
 impl Drop for ProcessIo {
     fn drop(&mut self) {
-        for h in &self.tasks {
-            h.abort();
+        for o in &self.outputs {
+            o.task.abort();
         }
         if let Some(h) = &self.stdin_relay {
             h.abort();
+        }
+        if let Some(l) = &self.logger {
+            l.watch.abort();
         }
     }
 }

@@ -236,8 +236,8 @@ impl Spill {
         }
     }
 
-    /// The spill has been replayed: says what it kept and dropped.
-    pub fn finish(self, _flow: &Flow) {
+    /// Says what the spill kept and dropped (once replayed or done).
+    pub fn report(&self) {
         if self.kept > 0 || self.dropped > 0 {
             crate::warn!(
                 "{}: output reader is back: replayed {} held bytes, dropped {} bytes",
@@ -248,16 +248,62 @@ impl Spill {
         }
     }
 
-    /// The destination broke while replaying: what is held is lost.
-    pub fn abandon(self, flow: &Flow) {
+    /// The destination broke while replaying: what is held is lost (counted
+    /// and said); the spill is empty afterwards.
+    pub fn abandon(&mut self, flow: &Flow, e: Errno) {
         let lost = self.held();
         flow.add_dropped(lost);
         crate::warn!(
-            "{}: output destination failed while replaying: dropped {} bytes",
+            "{}: output destination failed while replaying ({e}): dropped {} bytes",
             self.policy.label,
             self.dropped + lost
         );
+        self.mem = Vec::new();
+        self.head = 0;
+        self.file = None;
     }
+
+    /// Takes the spill apart for a handover: what memory holds (unsent),
+    /// the file with its offsets, and the counts.
+    pub fn into_parts(self) -> SpillParts {
+        SpillParts {
+            policy: self.policy,
+            mem: self.mem[self.head..].to_vec(),
+            file: self.file.map(|f| (f.fd, f.read, f.write)),
+            kept: self.kept,
+            dropped: self.dropped,
+        }
+    }
+
+    /// A spill put back together after a handover.
+    pub fn from_parts(p: SpillParts) -> Spill {
+        Spill {
+            policy: p.policy,
+            mem: p.mem,
+            head: 0,
+            file: p
+                .file
+                .map(|(fd, read, write)| SpillFile { fd, read, write }),
+            scratch: Vec::new(),
+            kept: p.kept,
+            dropped: p.dropped,
+            file_failed: false,
+        }
+    }
+}
+
+/// A spill's content and counts, as handed to the next image.
+pub struct SpillParts {
+    /// Where it spills and how much.
+    pub policy: SpillPolicy,
+    /// Bytes held in memory, oldest first.
+    pub mem: Vec<u8>,
+    /// The file, with its read and write offsets.
+    pub file: Option<(OwnedFd, u64, u64)>,
+    /// Bytes kept so far.
+    pub kept: u64,
+    /// Bytes dropped so far.
+    pub dropped: u64,
 }
 
 /// An unnamed file in `dir`: `O_TMPFILE`, or a fresh file unlinked at once.
