@@ -40,7 +40,8 @@ pub fn usage(argv0: &str, name: &str) -> String {
         "Usage:\n  {bin} -namespace NS -id ID -address ADDR [-debug] start\n  \
          {bin} -namespace NS -id ID -bundle DIR delete\n  \
          {bin} -namespace NS -id ID -address ADDR [-socket PATH]   (the daemon)\n  \
-         {bin} -info\n  {bin} -v\n\n\
+         {bin} -info\n  {bin} -v\n  \
+         {bin} upgrade [-namespace NS] [-id ID] [PATH]\n\n\
          Wedge, a containerd shim v2 that runs containers with an OCI runtime (runc, crun, youki).\n\
          containerd runs it; this binary answers as runtime {name}. Installed as\n\
          containerd-shim-wedge-v2 it is io.containerd.wedge.v2; installed as\n\
@@ -48,6 +49,9 @@ pub fn usage(argv0: &str, name: &str) -> String {
          Actions:\n  \
          start    start (or reuse) the shim of this container's group and print its address\n  \
          delete   clean up after a container whose shim is gone; prints a DeleteResponse\n  \
+         upgrade  hand every running shim started from PATH (default: this binary's path; of\n           \
+         namespace NS, or the one serving container ID) over to the binary now installed\n           \
+         there, without restarting any container; one line per shim\n  \
          (none)   serve the Task API over ttrpc on fd 3 (or -socket)\n\nFlags:\n"
     );
     for (flag, help) in FLAG_HELP {
@@ -98,6 +102,12 @@ pub fn run() -> i32 {
                 1
             }
         };
+    }
+    if flags.upgrade_check {
+        return crate::upgrade::check_main();
+    }
+    if flags.action.as_deref() == Some("upgrade") {
+        return crate::upgrade::control::command(&flags);
     }
     if flags.namespace.is_empty() {
         eprintln!("shim namespace cannot be empty");

@@ -19,7 +19,7 @@ use crate::stdio::console::ConsoleSocket;
 use crate::stdio::SpillPolicy;
 
 /// A checkpoint a container is created from (restored at Start).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     /// Image directory.
     pub image: PathBuf,
@@ -34,6 +34,32 @@ pub struct PendingRestore {
     pub stdio: ProcessStdio,
     /// Console socket, for a terminal.
     pub console: Option<ConsoleSocket>,
+}
+
+/// A container taken apart for an upgrade in place.
+pub struct ContainerHandover {
+    /// Container id.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// Whether the shim mounted `bundle/rootfs`.
+    pub mounted_rootfs: bool,
+    /// The options it was created with.
+    pub options: Options,
+    /// Whether init's exit ends the rest.
+    pub kill_all_on_exit: bool,
+    /// The checkpoint it was created from, if any.
+    pub checkpoint: Option<Checkpoint>,
+    /// Its processes' spill policy.
+    pub spill: SpillPolicy,
+    /// The runtime's kill hung for it before.
+    pub kill_hung: bool,
+    /// Its OOM watch: cgroup v2 or not, and the OOM kills counted so far.
+    pub oom: Option<(bool, Option<u64>)>,
+    /// Init.
+    pub init: crate::process::ProcessHandover,
+    /// Execs.
+    pub execs: Vec<crate::process::ProcessHandover>,
 }
 
 /// One container managed by this shim.
@@ -171,6 +197,62 @@ impl Container {
     /// The OOM watch, if registered.
     pub fn oom(&self) -> Option<Arc<OomWatch>> {
         lock(&self.oom).as_ref().map(|(w, _)| w.clone())
+    }
+
+    /// Takes the container apart for an upgrade in place: its OOM watch
+    /// stops (its count is kept), its processes' stdio pauses.
+    pub async fn hand_over(&self) -> ContainerHandover {
+        let oom = lock(&self.oom).take().map(|(w, task)| {
+            task.abort();
+            let v2 = matches!(self.cgroup().as_deref(), Some(Cgroup::V2(_)));
+            (v2, w.baseline())
+        });
+        let mut execs = Vec::new();
+        for p in self.execs() {
+            execs.push(p.hand_over().await);
+        }
+        ContainerHandover {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            mounted_rootfs: self.mounted_rootfs,
+            options: self.options.clone(),
+            kill_all_on_exit: self.kill_all_on_exit,
+            checkpoint: self.checkpoint.clone(),
+            spill: self.spill.clone(),
+            kill_hung: self.kill_hung(),
+            oom,
+            init: self.init.hand_over().await,
+            execs,
+        }
+    }
+
+    /// A container handed over by a previous image of the shim (its OOM
+    /// watch is registered by the task service).
+    pub fn take_over(
+        h: ContainerHandover,
+        runtime: Arc<dyn Runtime>,
+        host: Arc<dyn Host>,
+        reaper: &Arc<crate::reaper::Reaper>,
+    ) -> Arc<Self> {
+        let c = Container::new(
+            h.id,
+            h.bundle,
+            h.mounted_rootfs,
+            runtime,
+            h.options,
+            h.kill_all_on_exit,
+            h.checkpoint,
+            h.spill,
+            host,
+            Arc::new(Process::take_over(h.init, reaper)),
+        );
+        for e in h.execs {
+            lock(&c.execs).insert(e.exec_id.clone(), Arc::new(Process::take_over(e, reaper)));
+        }
+        if h.kill_hung {
+            c.set_kill_hung();
+        }
+        c
     }
 
     /// Remembers that the runtime's `kill` hung for this container.

@@ -27,8 +27,13 @@ pub struct Flags {
     pub info: bool,
     /// `-h` / `-help`.
     pub help: bool,
-    /// `start`, `delete`, or `None` for serve mode.
+    /// `-upgrade-check`: say what this binary is, or check a handover state
+    /// on stdin (asked by a shim about to upgrade to it).
+    pub upgrade_check: bool,
+    /// `start`, `delete`, `upgrade`, or `None` for serve mode.
     pub action: Option<String>,
+    /// Arguments after the action.
+    pub args: Vec<String>,
 }
 
 /// The flags and what they mean, for the usage text.
@@ -51,6 +56,10 @@ pub const FLAG_HELP: &[(&str, &str)] = &[
         "print the runtime's RuntimeInfo protobuf (name, version, options, OCI features)",
     ),
     ("-v, -version", "print the version and revision"),
+    (
+        "-upgrade-check",
+        "print what this binary is, or check a handover state on stdin (asked by an upgrading shim)",
+    ),
     ("-h, -help", "print this help"),
 ];
 
@@ -88,6 +97,7 @@ pub fn parse(args: &[String]) -> Result<Flags, String> {
             "v" | "version" => f.version = boolean(name, inline.as_deref())?,
             "info" => f.info = boolean(name, inline.as_deref())?,
             "h" | "help" => f.help = boolean(name, inline.as_deref())?,
+            "upgrade-check" => f.upgrade_check = boolean(name, inline.as_deref())?,
             "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
                 let v = match inline {
                     Some(v) => v,
@@ -112,6 +122,7 @@ pub fn parse(args: &[String]) -> Result<Flags, String> {
         i += 1;
     }
     f.action = args.get(i).cloned();
+    f.args = args.get(i + 1..).unwrap_or_default().to_vec();
     Ok(f)
 }
 

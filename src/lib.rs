@@ -37,3 +37,4 @@ pub mod service;
 pub mod stdio;
 pub mod sys;
 pub mod ttrpc;
+pub mod upgrade;

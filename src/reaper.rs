@@ -134,7 +134,9 @@ impl Reaper {
     }
 
     /// Reaps every exited child now, without blocking.
-    pub fn reap_all(&self) {
+    /// Returns how many it reaped.
+    pub fn reap_all(&self) -> usize {
+        let mut n = 0;
         loop {
             match rustix::process::wait(WaitOptions::NOHANG) {
                 Ok(Some((pid, st))) => {
@@ -144,11 +146,12 @@ impl Reaper {
                         pid,
                         status: exit_code(st),
                         at: SystemTime::now(),
-                    })
+                    });
+                    n += 1;
                 }
-                Ok(None) => return,
+                Ok(None) => return n,
                 Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return, // ECHILD: nothing left to reap.
+                Err(_) => return n, // ECHILD: nothing left to reap.
             }
         }
     }
@@ -156,9 +159,14 @@ impl Reaper {
     /// Becomes the child subreaper and reaps on every SIGCHLD, forever.
     pub async fn run(self: Arc<Self>) -> std::io::Result<()> {
         let mut sigchld = signal(SignalKind::child())?;
-        self.reap_all();
+        // Children that exited before this reaper ran (during an upgrade in
+        // place, they waited as zombies for the new image).
+        let n = self.reap_all();
+        if n > 0 {
+            crate::info!("reaped {n} children that exited before this image started");
+        }
         while sigchld.recv().await.is_some() {
-            self.reap_all();
+            let _ = self.reap_all();
         }
         Ok(())
     }

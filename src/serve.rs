@@ -8,22 +8,33 @@
 //! SIGINT (containers keep running, orphaned). Queued events get up to 5 s to
 //! be sent or kept in the event store (`<socket>.events`), then the socket
 //! file is removed and the process exits.
+//!
+//! Upgrade in place ([`crate::upgrade`]): on the control call or SIGUSR2 the
+//! daemon hands everything over to the binary installed at its own path; an
+//! image started that way (`WEDGE_RESTORE_FD` set) takes it over instead of
+//! starting fresh. A refused upgrade resumes from the same handover, in place.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 
-use crate::events::Publisher;
+use crate::container::ContainerHandover;
+use crate::events::{Encoded, Publisher};
 use crate::flags::Flags;
 use crate::reaper::{become_subreaper, Reaper};
 use crate::runtime::runc::Runc;
 use crate::runtime::{Runtime, RuntimeFactory};
 use crate::service::TaskService;
+use crate::ttrpc::{ConnHandover, Server};
+use crate::upgrade::control::{Control, Front, UpgradeAsk};
+use crate::upgrade::{state, Exe, Handover, Report};
 
 /// Points stderr at the bundle's `log` FIFO (non-blocking, so a stalled
 /// reader costs log lines, never progress).
@@ -67,67 +78,351 @@ fn listener(flags: &Flags) -> Result<(tokio::net::UnixListener, Option<PathBuf>)
 
 /// Runs the daemon until shutdown.
 pub fn run(flags: &Flags) -> Result<(), String> {
-    crate::sys::close_inherited_fds();
-    redirect_log();
+    // Before any thread exists: the handover's variables are read and removed.
+    let record = crate::upgrade::take_record();
+    let failure = crate::upgrade::take_failure();
+    if record.is_none() {
+        crate::sys::close_inherited_fds();
+        redirect_log();
+    }
     become_subreaper().map_err(|e| format!("set child subreaper: {e}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    rt.block_on(serve(flags))
+    rt.block_on(serve(flags, record, failure))
 }
 
-async fn serve(flags: &Flags) -> Result<(), String> {
-    let (listener, socket) = listener(flags)?;
-    let reaper = Reaper::new();
-    let service_exits = reaper.subscribe();
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("signals: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("signals: {e}"))?;
-    tokio::spawn({
-        let r = reaper.clone();
-        async move {
-            if let Err(e) = r.run().await {
+/// What a daemon is built from: fresh, or taken over.
+struct Parts {
+    listener: UnixListener,
+    conns: Vec<ConnHandover>,
+    containers: Vec<ContainerHandover>,
+    events: Vec<Encoded>,
+    report: Option<Report>,
+}
+
+/// The running daemon's pieces.
+struct Daemon {
+    flags: Flags,
+    socket: Option<PathBuf>,
+    exe: Exe,
+    reaper_task: JoinHandle<()>,
+    exits_task: JoinHandle<()>,
+    events: Publisher,
+    service: Arc<TaskService>,
+    server: Arc<Server<Front>>,
+    shutdown: Arc<Notify>,
+}
+
+impl Daemon {
+    /// Wires a daemon together. Everything that learns of exits subscribes
+    /// before the reaper starts, so that exits from before (a handover) are
+    /// seen.
+    fn build(
+        flags: &Flags,
+        socket: Option<PathBuf>,
+        exe: Exe,
+        parts: Parts,
+        asks: mpsc::UnboundedSender<UpgradeAsk>,
+    ) -> Daemon {
+        let reaper = Reaper::new();
+        let events = Publisher::spawn_with(
+            std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+            flags.namespace.clone(),
+            socket.as_deref().map(crate::events::Store::for_socket),
+            crate::events::Timing::default(),
+            parts.events,
+        );
+        let factory: RuntimeFactory = {
+            let reaper = reaper.clone();
+            Arc::new(move |cfg| Arc::new(Runc::new(cfg, reaper.clone())) as Arc<dyn Runtime>)
+        };
+        let shutdown = Arc::new(Notify::new());
+        let service = TaskService::new(
+            flags.namespace.clone(),
+            factory,
+            events.clone(),
+            reaper.clone(),
+            Arc::new(crate::host::RealHost),
+            shutdown.clone(),
+        );
+        let exits_task = tokio::spawn(service.clone().handle_exits(reaper.subscribe()));
+        service.take_over(parts.containers);
+        let front = Arc::new(Front {
+            tasks: service.clone(),
+            control: Control::new(asks, parts.report),
+        });
+        let server = Server::start(parts.listener, front, parts.conns);
+        let reaper_task = tokio::spawn(async move {
+            if let Err(e) = reaper.run().await {
                 crate::error!("reaper: {e}");
             }
+        });
+        Daemon {
+            flags: flags.clone(),
+            socket,
+            exe,
+            reaper_task,
+            exits_task,
+            events,
+            service,
+            server,
+            shutdown,
         }
-    });
-
-    let events = Publisher::spawn(
-        std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
-        flags.namespace.clone(),
-        socket.as_deref().map(crate::events::Store::for_socket),
-    );
-    let factory: RuntimeFactory = {
-        let reaper = reaper.clone();
-        Arc::new(move |cfg| Arc::new(Runc::new(cfg, reaper.clone())) as Arc<dyn Runtime>)
-    };
-    let shutdown = Arc::new(Notify::new());
-    let service = TaskService::new(
-        flags.namespace.clone(),
-        factory,
-        events.clone(),
-        reaper.clone(),
-        Arc::new(crate::host::RealHost),
-        shutdown.clone(),
-    );
-    tokio::spawn(service.clone().handle_exits(service_exits));
-    tokio::spawn(crate::ttrpc::serve(listener, service.clone()));
-    crate::info!(
-        "wedge shim started, namespace {} id {}",
-        flags.namespace,
-        flags.id
-    );
-
-    tokio::select! {
-        _ = shutdown.notified() => crate::info!("shutdown requested"),
-        _ = term.recv() => crate::info!("SIGTERM: shutting down"),
-        _ = int.recv() => crate::info!("SIGINT: shutting down"),
     }
-    if let Some(p) = &socket {
+
+    /// A daemon from a handover (in the new image, or in place after a
+    /// refusal).
+    fn from_handover(
+        flags: &Flags,
+        socket: Option<PathBuf>,
+        exe: Exe,
+        h: Handover,
+        asks: mpsc::UnboundedSender<UpgradeAsk>,
+    ) -> Result<Daemon, String> {
+        let std_listener = std::os::unix::net::UnixListener::from(h.server.listener);
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("listener: {e}"))?;
+        let listener =
+            UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+        let parts = Parts {
+            listener,
+            conns: h.server.conns,
+            containers: h.containers,
+            events: h.events,
+            report: h.report,
+        };
+        Ok(Daemon::build(flags, socket, exe, parts, asks))
+    }
+
+    /// Upgrades in place to the binary at this image's path. Returns the
+    /// daemon that serves on: this one (refused before anything stopped,
+    /// the report sent to `ask`), or one resumed in place from the handover
+    /// (the report goes to the handed-over call). When the exec works, it
+    /// does not return.
+    async fn upgrade(self, ask: UpgradeAsk, asks: mpsc::UnboundedSender<UpgradeAsk>) -> Daemon {
+        let from = (crate::VERSION.to_string(), crate::REVISION.to_string());
+        let refuse = |d: Daemon, to: (String, String), error: String| {
+            crate::warn!("upgrade refused: {error}");
+            if let Some(ask) = ask {
+                let _ = ask.send(Report {
+                    from: from.clone(),
+                    to,
+                    ok: false,
+                    error,
+                });
+            }
+            d
+        };
+        let unknown = (String::new(), String::new());
+        let to = match crate::upgrade::check_candidate(&self.exe.path) {
+            Ok(v) => v,
+            Err(e) => return refuse(self, unknown, e),
+        };
+        if let Some(b) = self.service.handover_blocker() {
+            return refuse(self, to, b);
+        }
+        crate::info!(
+            "upgrading in place: {} ({}) to {} ({})",
+            from.0,
+            from.1,
+            to.0,
+            to.1
+        );
+        let server = match self.server.handover(crate::upgrade::QUIESCE).await {
+            Ok(s) => s,
+            Err(e) => return refuse(self, to, e),
+        };
+        // From here on, the call that asked is handed over: the report
+        // travels in the handover.
+        self.reaper_task.abort();
+        let settled = self.service.exits_settled(crate::upgrade::QUIESCE).await;
+        let containers = self.service.hand_over().await;
+        let events = self.events.pause().await;
+        self.exits_task.abort();
+        let Daemon {
+            flags, socket, exe, ..
+        } = self;
+        let path = exe.path.clone();
+        let mut h = Handover {
+            server,
+            containers,
+            events,
+            exe: exe.fd,
+            from: from.clone(),
+            report: Some(Report {
+                from: from.clone(),
+                to: to.clone(),
+                ok: true,
+                error: String::new(),
+            }),
+        };
+        let failed = if !settled {
+            "exits still being reported".to_string()
+        } else {
+            let mut fds = state::FdList::default();
+            let record = state::record(&h, &mut fds);
+            match serde_json::to_vec(&record) {
+                Err(e) => format!("encode the state: {e}"),
+                Ok(json) => match crate::upgrade::check_record(&path, &json) {
+                    Err(e) => e,
+                    Ok(()) => crate::upgrade::exec_handover(
+                        crate::upgrade::Target::Path(&path),
+                        &json,
+                        &fds.0,
+                    ),
+                },
+            }
+        };
+        crate::warn!("upgrade failed: {failed}; serving on");
+        if let Some(r) = h.report.as_mut() {
+            r.ok = false;
+            r.error = failed;
+        }
+        let exe = match Exe::current() {
+            Ok(e) => e,
+            Err(_) => Exe {
+                path,
+                fd: h.exe.try_clone().expect("dup the image handle"),
+            },
+        };
+        match Daemon::from_handover(&flags, socket, exe, h, asks) {
+            Ok(d) => d,
+            Err(e) => {
+                crate::error!("resuming after a failed upgrade: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// Takes over from a previous image: the record, its descriptors, and (in a
+/// new image) the way back if that fails.
+fn take_over(
+    flags: &Flags,
+    memfd: OwnedFd,
+    data: &[u8],
+    failure: Option<String>,
+    asks: mpsc::UnboundedSender<UpgradeAsk>,
+) -> Result<Daemon, String> {
+    let record: state::StateRecord =
+        serde_json::from_slice(data).map_err(|e| format!("the state does not decode: {e}"))?;
+    // A new image can go back to the one that handed over; an image that
+    // was brought back cannot go further back.
+    let fallback = failure
+        .is_none()
+        .then(|| crate::upgrade::Fallback::arm(record.exe_fd, memfd.as_raw_fd()));
+    let fail = |e: String| {
+        if let Some(fb) = &fallback {
+            fb.go_back(&e);
+        }
+        e
+    };
+    let mut adopter = state::Adopter::new();
+    let mut h = state::handover(record, &mut adopter).map_err(fail)?;
+    if fallback.is_some() {
+        crate::upgrade::injected_fault();
+    }
+    if let Some(r) = h.report.as_mut() {
+        match &failure {
+            Some(why) => {
+                r.ok = false;
+                r.error = why.clone();
+            }
+            None => r.to = (crate::VERSION.to_string(), crate::REVISION.to_string()),
+        }
+    }
+    let exe = Exe::current().map_err(|e| fail(format!("own executable: {e}")))?;
+    let socket = listener_path(&h.server.listener);
+    let fds = adopter.adopted();
+    let d = Daemon::from_handover(flags, socket, exe, h, asks).map_err(fail)?;
+    // Restored: nothing is handed on again by accident.
+    for fd in fds {
+        let _ = crate::sys::set_cloexec(fd, true);
+    }
+    drop(memfd);
+    if let Some(fb) = fallback {
+        fb.disarm();
+    }
+    match &failure {
+        Some(why) => crate::warn!("upgrade failed, serving on the previous binary: {why}"),
+        None => crate::info!(
+            "upgraded in place to {} ({})",
+            crate::VERSION,
+            crate::REVISION
+        ),
+    }
+    Ok(d)
+}
+
+fn listener_path(fd: &OwnedFd) -> Option<PathBuf> {
+    let addr = rustix::net::getsockname(fd).ok()?;
+    let unix = rustix::net::SocketAddrUnix::try_from(addr).ok()?;
+    unix.path()
+        .map(|p| PathBuf::from(p.to_string_lossy().into_owned()))
+}
+
+async fn serve(
+    flags: &Flags,
+    record: Option<Result<(OwnedFd, Vec<u8>), String>>,
+    failure: Option<String>,
+) -> Result<(), String> {
+    let (asks_tx, mut asks) = mpsc::unbounded_channel::<UpgradeAsk>();
+    let mut d = match record {
+        None => {
+            let (listener, socket) = listener(flags)?;
+            let exe = Exe::current().map_err(|e| format!("own executable: {e}"))?;
+            let parts = Parts {
+                listener,
+                conns: Vec::new(),
+                containers: Vec::new(),
+                events: Vec::new(),
+                report: None,
+            };
+            let d = Daemon::build(flags, socket, exe, parts, asks_tx.clone());
+            crate::info!(
+                "wedge shim started, namespace {} id {}",
+                flags.namespace,
+                flags.id
+            );
+            d
+        }
+        Some(Err(e)) => return Err(format!("take over: {e}")),
+        Some(Ok((memfd, data))) => take_over(flags, memfd, &data, failure, asks_tx.clone())?,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("signals: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("signals: {e}"))?;
+    let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| format!("signals: {e}"))?;
+    loop {
+        tokio::select! {
+            _ = d.shutdown.notified() => {
+                crate::info!("shutdown requested");
+                break;
+            }
+            _ = term.recv() => {
+                crate::info!("SIGTERM: shutting down");
+                break;
+            }
+            _ = int.recv() => {
+                crate::info!("SIGINT: shutting down");
+                break;
+            }
+            _ = usr2.recv() => {
+                crate::info!("SIGUSR2: upgrading in place");
+                d = d.upgrade(None, asks_tx.clone()).await;
+            }
+            Some(ask) = asks.recv() => {
+                d = d.upgrade(ask, asks_tx.clone()).await;
+            }
+        }
+    }
+    if let Some(p) = &d.socket {
         let _ = std::fs::remove_file(p);
     }
-    let drained = events.flush(Duration::from_secs(5)).await;
+    let drained = d.events.flush(Duration::from_secs(5)).await;
     // Let the Shutdown response reach the client.
     tokio::time::sleep(Duration::from_millis(20)).await;
     if !drained {

@@ -64,13 +64,38 @@ fn grew(last: &Mutex<u64>, now: u64) -> bool {
 impl OomWatch {
     /// Registers a v1 watch on the memory cgroup directory `dir`.
     pub fn v1(dir: &Path) -> io::Result<OomWatch> {
+        Self::v1_from(dir, None)
+    }
+
+    /// The OOM kills counted so far (what the next check compares with).
+    pub fn baseline(&self) -> Option<u64> {
+        let last = match &self.kind {
+            Kind::V1 { last, .. } => last.as_ref()?,
+            Kind::V2 { last, .. } => last,
+        };
+        Some(*last.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Registers a watch on `dir` (v2 when `v2`) that counts OOM kills from
+    /// `baseline` (a watch handed over by a previous image of the shim), or
+    /// from now.
+    pub fn resume(dir: &Path, v2: bool, baseline: Option<u64>) -> io::Result<OomWatch> {
+        if v2 {
+            Self::v2_from(dir, baseline)
+        } else {
+            Self::v1_from(dir, baseline)
+        }
+    }
+
+    fn v1_from(dir: &Path, baseline: Option<u64>) -> io::Result<OomWatch> {
         let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         let control: OwnedFd = std::fs::File::open(dir.join("memory.oom_control"))?.into();
         std::fs::write(
             dir.join("cgroup.event_control"),
             format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()),
         )?;
-        let last = v1_oom_kills(dir, "memory.oom_control").map(Mutex::new);
+        let last =
+            v1_oom_kills(dir, "memory.oom_control").map(|now| Mutex::new(baseline.unwrap_or(now)));
         Ok(OomWatch {
             fd: crate::sys::async_fd(efd, Interest::READABLE)?,
             dir: dir.to_path_buf(),
@@ -83,10 +108,14 @@ impl OomWatch {
 
     /// Registers a v2 watch on the cgroup directory `dir`.
     pub fn v2(dir: &Path) -> io::Result<OomWatch> {
+        Self::v2_from(dir, None)
+    }
+
+    fn v2_from(dir: &Path, baseline: Option<u64>) -> io::Result<OomWatch> {
         let events = dir.join("memory.events");
         let ino = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
         inotify::add_watch(&ino, &events, inotify::WatchFlags::MODIFY)?;
-        let last = oom_kills(&events);
+        let last = baseline.unwrap_or_else(|| oom_kills(&events));
         Ok(OomWatch {
             fd: crate::sys::async_fd(ino, Interest::READABLE)?,
             dir: dir.to_path_buf(),

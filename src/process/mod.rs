@@ -38,6 +38,26 @@ pub struct ProcState {
     pub exit: Option<ExitInfo>,
 }
 
+/// A process taken apart for an upgrade in place (its stdio paused).
+pub struct ProcessHandover {
+    /// Exec id; empty for init.
+    pub exec_id: String,
+    /// The stdio URIs.
+    pub stdio: StdioSpec,
+    /// For an exec: its process spec.
+    pub spec: Vec<u8>,
+    /// The pid, 0 if not started.
+    pub pid: u32,
+    /// Lifecycle state and exit.
+    pub state: ProcState,
+    /// CloseIO arrived.
+    pub stdin_closed: bool,
+    /// The pidfd, while the process lives.
+    pub pidfd: Option<OwnedFd>,
+    /// The paused stdio, if set up.
+    pub io: Option<crate::stdio::IoState>,
+}
+
 /// One process: init (`exec_id` empty) or an exec.
 pub struct Process {
     /// Exec id; empty for init.
@@ -78,6 +98,45 @@ impl Process {
             reaped: AtomicBool::new(false),
             pidfd: Mutex::new(None),
         }
+    }
+
+    /// Takes the process apart for an upgrade in place: its stdio is
+    /// paused. The process must have no exit in progress (reaped, not
+    /// reported).
+    pub async fn hand_over(&self) -> ProcessHandover {
+        let io = match self.io.lock().await.take() {
+            Some(io) => Some(io.pause().await),
+            None => None,
+        };
+        ProcessHandover {
+            exec_id: self.exec_id.clone(),
+            stdio: self.stdio.clone(),
+            spec: self.spec.clone(),
+            pid: self.pid(),
+            state: self.state(),
+            stdin_closed: self.stdin_closed.load(Ordering::Acquire),
+            pidfd: self.pidfd.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            io,
+        }
+    }
+
+    /// A process handed over by a previous image of the shim.
+    pub fn take_over(
+        h: ProcessHandover,
+        reaper: &std::sync::Arc<crate::reaper::Reaper>,
+    ) -> Process {
+        let p = Process::new(h.exec_id, h.stdio, h.spec, h.state.status);
+        p.set_pid(h.pid);
+        p.stdin_closed.store(h.stdin_closed, Ordering::Release);
+        if let Some(exit) = h.state.exit {
+            p.set_exited(exit);
+        }
+        *p.pidfd.lock().unwrap_or_else(|p| p.into_inner()) = h.pidfd;
+        if let Some(io) = h.io {
+            *p.io.try_lock().expect("a new process's stdio is free") =
+                Some(ProcessIo::resume(io, reaper));
+        }
+        p
     }
 
     fn lock(&self) -> MutexGuard<'_, ProcState> {

@@ -70,6 +70,22 @@ impl Status {
         }
     }
 
+    /// The status named `name` (see [`Status::name`]).
+    pub fn from_name(name: &str) -> Option<Status> {
+        use Status::*;
+        [
+            Created,
+            CreatedCheckpoint,
+            Running,
+            Pausing,
+            Paused,
+            Stopped,
+            Deleted,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+
     /// Checks whether `op` is allowed now; the error says why not.
     pub fn check(self, op: Op) -> Result<(), Error> {
         use Status::*;
@@ -157,5 +173,10 @@ mod tests {
         assert_eq!(Running.on_exit(), Stopped);
         assert_eq!(Paused.on_exit(), Stopped);
         assert_eq!(Deleted.on_exit(), Deleted);
+        assert_eq!(
+            Status::from_name("created checkpoint"),
+            Some(CreatedCheckpoint)
+        );
+        assert_eq!(Status::from_name("nope"), None);
     }
 }

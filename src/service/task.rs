@@ -20,7 +20,7 @@ use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim::*;
 use tokio::sync::Notify;
 
-use crate::container::{Checkpoint, Container, PendingRestore, SpecFacts};
+use crate::container::{Checkpoint, Container, ContainerHandover, PendingRestore, SpecFacts};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Event, Publisher};
 use crate::host::Host;
@@ -79,6 +79,9 @@ pub struct TaskService {
     reserved: Mutex<HashSet<String>>,
     early: Mutex<EarlyExits>,
     shutdown: Arc<Notify>,
+    /// Exits being handled (their output delivered, then published).
+    exiting: std::sync::atomic::AtomicUsize,
+    exits_idle: Notify,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -180,6 +183,8 @@ impl TaskService {
             reserved: Mutex::new(HashSet::new()),
             early: Mutex::new(EarlyExits::default()),
             shutdown,
+            exiting: std::sync::atomic::AtomicUsize::new(0),
+            exits_idle: Notify::new(),
         })
     }
 
@@ -202,7 +207,14 @@ impl TaskService {
         match found {
             Some((c, p)) => {
                 let this = self.clone();
-                tokio::spawn(async move { this.process_exited(&c, &p, exit).await });
+                self.exiting
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                tokio::spawn(async move {
+                    this.process_exited(&c, &p, exit).await;
+                    this.exiting
+                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    this.exits_idle.notify_waiters();
+                });
             }
             None => {
                 let mut early = lock(&self.early);
@@ -458,15 +470,7 @@ impl TaskService {
         let mut prepared = ProcessIo::prepare(&stdio, self.owner(&req.id, &opts, &spill))
             .await
             .map_err(|e| undo(e.into()))?;
-        let runtime: Arc<dyn crate::runtime::Runtime> = Arc::new(
-            crate::runtime::limited::Limited::new((self.factory)(RuntimeConfig {
-                binary: opts.binary().to_string(),
-                root: opts.runtime_root(&self.namespace),
-                log: bundle.join("log.json"),
-                systemd_cgroup: opts.systemd_cgroup,
-                criu: opts.criu_path.clone(),
-            })),
-        );
+        let runtime = self.runtime_for(&opts, bundle);
         let checkpoint = (!req.checkpoint.is_empty()).then(|| Checkpoint {
             image: PathBuf::from(&req.checkpoint),
             parent: (!req.parent_checkpoint.is_empty())
@@ -562,15 +566,19 @@ impl TaskService {
     /// Registers the OOM watch of a created container (once; a container
     /// restored from a checkpoint gets it at Start).
     fn watch_oom(&self, c: &Arc<Container>) {
+        self.watch_oom_from(c, None)
+    }
+
+    /// [`Self::watch_oom`], counting from a handed-over watch's count.
+    fn watch_oom_from(&self, c: &Arc<Container>, from: Option<(bool, Option<u64>)>) {
         if c.oom().is_some() {
             return;
         }
         let Some(cg) = c.cgroup() else { return };
         let Some(dir) = cg.memory_dir() else { return };
-        let watch = match &*cg {
-            crate::cgroup::Cgroup::V1(_) => crate::cgroup::oom::OomWatch::v1(dir),
-            crate::cgroup::Cgroup::V2(_) => crate::cgroup::oom::OomWatch::v2(dir),
-        };
+        let v2 = matches!(&*cg, crate::cgroup::Cgroup::V2(_));
+        let baseline = from.and_then(|(_, b)| b);
+        let watch = crate::cgroup::oom::OomWatch::resume(dir, v2, baseline);
         let watch = match watch {
             Ok(w) => Arc::new(w),
             Err(e) => {
@@ -810,6 +818,69 @@ impl TaskService {
             self.shutdown.notify_one();
         }
         Ok(())
+    }
+
+    /// Waits until no exit is being handled (at most `limit`). The reaper
+    /// must be stopped first, so that no new one starts.
+    pub async fn exits_settled(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.exits_idle.notified();
+            if self.exiting.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Why the shim cannot hand its containers over now, if it cannot.
+    pub fn handover_blocker(&self) -> Option<String> {
+        if !lock(&self.reserved).is_empty() {
+            return Some("a container is being created".into());
+        }
+        lock(&self.containers)
+            .values()
+            .find(|c| lock(&c.pending_restore).is_some())
+            .map(|c| format!("container {} waits to be restored from a checkpoint", c.id))
+    }
+
+    /// Takes every container apart for an upgrade in place (the server is
+    /// stopped, the reaper too, and no exit is being handled).
+    pub async fn hand_over(&self) -> Vec<ContainerHandover> {
+        let all: Vec<Arc<Container>> = lock(&self.containers).drain().map(|(_, c)| c).collect();
+        let mut out = Vec::new();
+        for c in all {
+            out.push(c.hand_over().await);
+        }
+        out
+    }
+
+    /// Takes over containers handed over by a previous image of the shim.
+    pub fn take_over(&self, containers: Vec<ContainerHandover>) {
+        for h in containers {
+            let runtime = self.runtime_for(&h.options, &h.bundle);
+            let oom = h.oom;
+            let c = Container::take_over(h, runtime, self.host.clone(), &self.reaper);
+            if let Some((v2, baseline)) = oom {
+                self.watch_oom_from(&c, Some((v2, baseline)));
+            }
+            lock(&self.containers).insert(c.id.clone(), c);
+        }
+    }
+
+    /// The runtime for a container's options (at most two calls at once).
+    fn runtime_for(&self, opts: &Options, bundle: &Path) -> Arc<dyn crate::runtime::Runtime> {
+        Arc::new(crate::runtime::limited::Limited::new((self.factory)(
+            RuntimeConfig {
+                binary: opts.binary().to_string(),
+                root: opts.runtime_root(&self.namespace),
+                log: bundle.join("log.json"),
+                systemd_cgroup: opts.systemd_cgroup,
+                criu: opts.criu_path.clone(),
+            },
+        )))
     }
 
     /// Number of containers.

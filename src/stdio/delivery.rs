@@ -36,7 +36,7 @@ pub struct Outlet {
     src: Arc<OwnedFd>,
     /// The shim's own reader on the destination FIFO, if the destination
     /// is one: what waits in the FIFO is counted through it.
-    fifo_reader: Option<OwnedFd>,
+    fifo_reader: std::sync::Mutex<Option<OwnedFd>>,
     pty: bool,
 }
 
@@ -55,16 +55,20 @@ impl Outlet {
         Outlet {
             flow,
             src,
-            fifo_reader,
+            fifo_reader: std::sync::Mutex::new(fifo_reader),
             pty,
         }
     }
 
     /// Takes the outlet apart (for a handover).
-    pub fn into_parts(self) -> OutletParts {
+    pub fn take_parts(&self) -> OutletParts {
         OutletParts {
-            src: self.src,
-            fifo_reader: self.fifo_reader,
+            src: self.src.clone(),
+            fifo_reader: self
+                .fifo_reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
             pty: self.pty,
             counts: (self.flow.taken(), self.flow.sent(), self.flow.dropped()),
         }
@@ -77,7 +81,11 @@ impl Outlet {
     }
 
     fn in_fifo(&self) -> u64 {
-        self.fifo_reader.as_ref().map_or(0, waiting_in)
+        self.fifo_reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, waiting_in)
     }
 
     /// Bytes that have left the shim's hands for good.

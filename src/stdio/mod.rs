@@ -74,7 +74,7 @@ pub enum Target {
 }
 
 /// The three stdio URIs of a process.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StdioSpec {
     /// stdin URI.
     pub stdin: String,
@@ -518,9 +518,8 @@ impl ProcessIo {
     }
 
     /// Pauses every relay where it stands and takes the stdio apart (for an
-    /// upgrade in place). Fails if something else still holds an output
-    /// (an exit still waiting for its delivery).
-    pub async fn pause(mut self) -> Result<IoState, StdioError> {
+    /// upgrade in place).
+    pub async fn pause(mut self) -> IoState {
         if let Some(tx) = &self.pause {
             let _ = tx.send(true);
         }
@@ -530,10 +529,7 @@ impl ProcessIo {
                 Ok(Ok(Outcome::Paused(r))) => Some(*r),
                 Ok(Ok(Outcome::Ended)) | Ok(Err(_)) | Err(_) => None,
             };
-            let outlet = Arc::try_unwrap(out.outlet).map_err(|_| {
-                StdioError::Io("pause".into(), std::io::Error::other("output busy"))
-            })?;
-            let parts = outlet.into_parts();
+            let parts = out.outlet.take_parts();
             state.outputs.push(OutputState {
                 relay,
                 src: parts.src,
@@ -561,10 +557,10 @@ impl ProcessIo {
             l.watch.abort();
             state.logger = Some(LoggerState {
                 pid: l.logger.pid(),
-                pipes: l.pipes,
+                pipes: l.pipes.clone(),
             });
         }
-        Ok(state)
+        state
     }
 
     /// Resumes a paused stdio (after an upgrade in place).

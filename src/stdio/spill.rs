@@ -25,7 +25,7 @@ pub const MEM_MAX: usize = 256 * 1024;
 pub const DEFAULT_MAX: u64 = 64 << 20;
 
 /// Where a stream spills and how much it may keep.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpillPolicy {
     /// Directory of the spill file (the bundle).
     pub dir: PathBuf,
@@ -263,6 +263,18 @@ impl Spill {
         self.file = None;
     }
 
+    /// The spill's content and counts, without taking it apart (to record
+    /// it for a handover that may yet be called off).
+    pub fn view(&self) -> SpillView<'_> {
+        SpillView {
+            policy: &self.policy,
+            mem: &self.mem[self.head..],
+            file: self.file.as_ref().map(|f| (&f.fd, f.read, f.write)),
+            kept: self.kept,
+            dropped: self.dropped,
+        }
+    }
+
     /// Takes the spill apart for a handover: what memory holds (unsent),
     /// the file with its offsets, and the counts.
     pub fn into_parts(self) -> SpillParts {
@@ -290,6 +302,20 @@ impl Spill {
             file_failed: false,
         }
     }
+}
+
+/// A look at a spill's content and counts.
+pub struct SpillView<'a> {
+    /// Where it spills and how much.
+    pub policy: &'a SpillPolicy,
+    /// Bytes held in memory, oldest first.
+    pub mem: &'a [u8],
+    /// The file, with its read and write offsets.
+    pub file: Option<(&'a OwnedFd, u64, u64)>,
+    /// Bytes kept so far.
+    pub kept: u64,
+    /// Bytes dropped so far.
+    pub dropped: u64,
 }
 
 /// A spill's content and counts, as handed to the next image.

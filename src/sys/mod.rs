@@ -165,6 +165,95 @@ pub fn kill_process_group(pgid: i32, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Takes ownership of descriptor `n`, handed over by a previous image of
+/// the shim (an upgrade in place). Fails if `n` is not open.
+pub fn adopt_fd(n: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor table; an invalid fd
+    // yields -1/EBADF, which we report instead of adopting the number.
+    if n < 0 || unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `n` is open (checked above) and was handed over by the previous
+    // image for exactly one owner: the handover record names each descriptor
+    // once and the caller (upgrade::state::Adopter) adopts each name once;
+    // nothing else in this fresh image has touched it.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Sets or clears close-on-exec on `fd`.
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: the caller names a descriptor it owns (or borrows) for the
+    // duration of the call; borrowing it only for fcntl's flag update.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = if on {
+        rustix::io::FdFlags::CLOEXEC
+    } else {
+        rustix::io::FdFlags::empty()
+    };
+    rustix::io::fcntl_setfd(fd, flags)?;
+    Ok(())
+}
+
+/// An argv or environment, ready for exec (prepared before anything that
+/// must not allocate, such as a panic hook).
+pub struct ExecArgs {
+    _strings: Vec<std::ffi::CString>,
+    ptrs: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into `_strings`, which the struct owns and
+// never changes; moving the struct moves the CStrings' heap buffers' owners,
+// not the buffers.
+unsafe impl Send for ExecArgs {}
+// SAFETY: as above; the struct is never mutated after construction.
+unsafe impl Sync for ExecArgs {}
+
+impl ExecArgs {
+    /// From strings (one with a NUL byte is refused).
+    pub fn new<I: IntoIterator<Item = S>, S: Into<Vec<u8>>>(items: I) -> io::Result<ExecArgs> {
+        let strings: Vec<std::ffi::CString> = items
+            .into_iter()
+            .map(std::ffi::CString::new)
+            .collect::<Result<_, _>>()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        Ok(ExecArgs {
+            _strings: strings,
+            ptrs,
+        })
+    }
+}
+
+/// Replaces this process's image with the executable open as `exe` (even
+/// if its file was replaced since), keeping the pid, the children and every
+/// descriptor without close-on-exec. Returns only on failure.
+pub fn exec_fd(exe: RawFd, argv: &ExecArgs, env: &ExecArgs) -> io::Error {
+    // SAFETY: argv and env are NULL-terminated arrays of pointers to
+    // NUL-terminated strings owned by the ExecArgs, which outlive the call;
+    // `exe` is an open descriptor of an executable. On success the call does
+    // not return; on failure nothing was changed.
+    unsafe {
+        libc::fexecve(exe, argv.ptrs.as_ptr(), env.ptrs.as_ptr());
+    }
+    io::Error::last_os_error()
+}
+
+/// Replaces this process's image with the program at `path` (see
+/// [`exec_fd`]). Returns only on failure.
+pub fn exec_path(path: &std::path::Path, argv: &ExecArgs, env: &ExecArgs) -> io::Error {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(p) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return io::Error::from(io::ErrorKind::InvalidInput);
+    };
+    // SAFETY: as in `exec_fd`, with `p` a NUL-terminated path that outlives
+    // the call.
+    unsafe {
+        libc::execve(p.as_ptr(), argv.ptrs.as_ptr(), env.ptrs.as_ptr());
+    }
+    io::Error::last_os_error()
+}
+
 /// Returns freed heap memory to the kernel, so a shim's resident size comes
 /// back down after bursts of work (many execs) instead of keeping its peak.
 pub fn trim_heap() {
