@@ -427,17 +427,10 @@ fn deliver(address: &str, namespace: &str, records: &[Vec<u8>]) -> usize {
         };
         let mut sent = 0;
         for r in records {
-            let ok = c
-                .call(
-                    "containerd.services.events.ttrpc.v1.Events",
-                    "Forward",
-                    r.clone(),
-                    &[("containerd-namespace-ttrpc", namespace)],
-                    Duration::from_secs(2),
-                )
+            if crate::events::forward(&mut c, namespace, r, Duration::from_secs(2))
                 .await
-                .is_ok();
-            if !ok {
+                .is_err()
+            {
                 break;
             }
             sent += 1;

@@ -279,6 +279,25 @@ struct Forwarder {
     pause: watch::Receiver<bool>,
 }
 
+/// Forwards one encoded `ForwardRequest` to containerd's events service.
+pub async fn forward(
+    c: &mut Client,
+    namespace: &str,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
+    c.call(
+        SERVICE,
+        "Forward",
+        payload.to_vec(),
+        &[("containerd-namespace-ttrpc", namespace)],
+        timeout,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
 /// Resolves once a pause is asked for (never if the switch is gone).
 async fn paused(pause: &mut watch::Receiver<bool>) {
     if pause.wait_for(|p| *p).await.is_err() {
@@ -374,27 +393,16 @@ impl Forwarder {
 
     /// One attempt to forward an encoded `ForwardRequest`.
     async fn send(&mut self, payload: &[u8]) -> Result<(), String> {
-        let res = async {
-            if self.client.is_none() {
-                self.client = Some(Client::connect(&self.address).await?);
+        if self.client.is_none() {
+            match Client::connect(&self.address).await {
+                Ok(c) => self.client = Some(c),
+                Err(e) => return Err(e.to_string()),
             }
-            let c = self.client.as_mut().expect("connected above");
-            c.call(
-                SERVICE,
-                "Forward",
-                payload.to_vec(),
-                &[("containerd-namespace-ttrpc", self.namespace.as_str())],
-                ATTEMPT_TIMEOUT,
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| std::io::Error::other(e.to_string()))
         }
-        .await;
-        res.map_err(|e| {
-            self.client = None;
-            e.to_string()
-        })
+        let c = self.client.as_mut().expect("connected above");
+        forward(c, &self.namespace, payload, ATTEMPT_TIMEOUT)
+            .await
+            .inspect_err(|_| self.client = None)
     }
 
     /// Sleeps, unless a pause comes first.

@@ -297,8 +297,9 @@ struct Relay {
     splice: bool,
 }
 
-/// Relays `src` (a pipe, FIFO or pty) into `sink` until EOF. Returns the
-/// number of bytes that reached the sink.
+/// Relays `src` (a pipe, FIFO or pty) into `sink` until EOF (no pause).
+/// Returns the number of bytes that reached the sink.
+#[cfg(test)]
 pub async fn relay(src: OwnedFd, sink: Sink) -> io::Result<u64> {
     let flow = Arc::new(Flow::default());
     relay_counted(Arc::new(src), sink, flow.clone(), STALL).await?;
@@ -307,6 +308,7 @@ pub async fn relay(src: OwnedFd, sink: Sink) -> io::Result<u64> {
 
 /// [`relay`] that reports into `flow`, with an explicit stall limit for
 /// [`Sink::Output`]. The caller may keep `src` to look at what waits in it.
+#[cfg(test)]
 pub async fn relay_counted(
     src: Arc<OwnedFd>,
     sink: Sink,
@@ -621,22 +623,13 @@ async fn drain<T: AsFd + std::os::fd::AsRawFd>(src: &AsyncFd<T>, flow: Option<&F
     }
 }
 
-/// [`discard`] for a source shared with whoever keeps it for a handover.
+/// Reads and drops everything from a pipe until EOF (a reader of last
+/// resort); the source may be shared with whoever keeps it for a handover.
 pub async fn discard_shared(src: Arc<OwnedFd>) {
     if set_nonblocking(&*src).is_err() {
         return;
     }
     if let Ok(a) = crate::sys::async_fd_shared(src, Interest::READABLE) {
-        drain(&a, None).await;
-    }
-}
-
-/// Reads and drops everything from a pipe until EOF (a reader of last resort).
-pub async fn discard(src: OwnedFd) {
-    if set_nonblocking(&src).is_err() {
-        return;
-    }
-    if let Ok(a) = crate::sys::async_fd(src, Interest::READABLE) {
         drain(&a, None).await;
     }
 }
