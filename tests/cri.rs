@@ -89,17 +89,7 @@ fn shims_in_k8s_ns(env: &Env) -> Vec<u32> {
 async fn pod_lifecycle(env: &Env, handler: &str) {
     let sock = env.address.clone();
     let mut rt = connect(&sock).await;
-    let cfg = pod_config(env, &format!("pod-{handler}"));
-    std::fs::create_dir_all(&cfg.log_directory).unwrap();
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let (pod, cfg) = start_pod(&mut rt, env, &format!("pod-{handler}"), handler).await;
     let mut ids = HashMap::new();
     for (name, script) in [
         (
@@ -108,21 +98,7 @@ async fn pod_lifecycle(env: &Env, handler: &str) {
         ),
         ("side", "trap 'exit 0' TERM; while :; do sleep 0.1; done"),
     ] {
-        let id = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(container_config(name, script)),
-                sandbox_config: Some(cfg.clone()),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
-        rt.start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        let id = start_container(&mut rt, &pod, &cfg, name, script).await;
         ids.insert(name, id);
     }
     // One Wedge process serves the whole pod.
@@ -194,21 +170,7 @@ async fn pod_lifecycle(env: &Env, handler: &str) {
             .unwrap();
         assert_eq!(st.exit_code, want, "{name}");
     }
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !shims_in_k8s_ns(env).is_empty() {
-        assert!(Instant::now() < deadline, "pod shim still running");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    remove_pod(&mut rt, env, &pod).await;
     // Nothing of the pod is left: no process in its cgroups, no runtime state.
     let parent = format!("{}-cri", env.ns);
     for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {

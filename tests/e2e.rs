@@ -3,6 +3,7 @@
 //! twice: installed as `containerd-shim-wedge-v2` and as a drop-in
 //! `containerd-shim-runc-v2`.
 
+#[macro_use]
 mod common;
 
 use std::process::Stdio;
@@ -15,21 +16,6 @@ use containerd_shim_protos::shim::shim::*;
 use containerd_shim_protos::ttrpc::Code;
 use containerd_shim_protos::types::task::Status;
 use wedge::ttrpc::ClientError;
-
-macro_rules! both_installs {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn wedge() {
-                super::$name(super::Install::Wedge)
-            }
-            #[test]
-            fn drop_in() {
-                super::$name(super::Install::DropIn)
-            }
-        }
-    )*};
-}
 
 both_installs!(
     exit_codes,

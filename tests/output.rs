@@ -5,6 +5,7 @@
 //! terminal; then 1 GiB through the FIFO. Each scenario runs with Wedge by
 //! name and as the drop-in `containerd-shim-runc-v2`.
 
+#[macro_use]
 mod common;
 
 use std::process::Stdio;
@@ -15,21 +16,6 @@ use common::*;
 const RUNS: usize = 50;
 /// The burst: 1 MiB.
 const BURST: usize = 1 << 20;
-
-macro_rules! both_installs {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn wedge() {
-                super::$name(super::Install::Wedge)
-            }
-            #[test]
-            fn drop_in() {
-                super::$name(super::Install::DropIn)
-            }
-        }
-    )*};
-}
 
 both_installs!(
     burst_before_exit_on_stdout,

@@ -527,15 +527,6 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 /// An OCI runtime whose `kill` and `delete` hang forever (a wedged cgroup, a
 /// frozen process, a runtime bug) never leaves a container unkillable: past
 /// the kill bound the shim kills it itself (pidfd, then the whole cgroup),

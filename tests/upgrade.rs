@@ -148,15 +148,6 @@ fn shims(env: &Env) -> Vec<u32> {
     v
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 const NUMBERS: &str = "i=0; while :; do i=$((i+1)); echo $i; done";
 
 /// Checks `text` is "1\n2\n…" up to its last complete line; returns how

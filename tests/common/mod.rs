@@ -24,6 +24,34 @@ pub const WEDGE_RUNTIME: &str = "io.containerd.wedge.v2";
 pub const QUIET_CTR: (&str, &str) = ("CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS", "1");
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 
+/// Declares, for each scenario `fn name(install: Install)`, a module with
+/// two tests: Wedge by name and as the drop-in `containerd-shim-runc-v2`.
+#[macro_export]
+macro_rules! both_installs {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn wedge() {
+                super::$name(super::Install::Wedge)
+            }
+            #[test]
+            fn drop_in() {
+                super::$name(super::Install::DropIn)
+            }
+        }
+    )*};
+}
+
+/// Resident memory of `pid`, in kB.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
 /// How Wedge is installed for this containerd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Install {
