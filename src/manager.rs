@@ -398,7 +398,7 @@ fn clean_up_dead_shim(bundle: &Path, namespace: &str) {
     let sent = deliver(&address, namespace, &records);
     let _ = store.replace(&[]);
     eprintln!(
-        "the shim died with {} events containerd had not taken ({}); delivered {sent} now{}",
+        "the shim left {} events containerd had not taken ({}); delivered {sent} now{}",
         records.len(),
         topics.join(", "),
         if sent < records.len() {

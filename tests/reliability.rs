@@ -718,7 +718,7 @@ fn kept_events_outlive_a_killed_shim() {
         .unwrap()
         .success());
     env.start_containerd();
-    let want = "the shim died with 2 events containerd had not taken (/tasks/oom, /tasks/exit)";
+    let want = "the shim left 2 events containerd had not taken (/tasks/oom, /tasks/exit)";
     let deadline = Instant::now() + Duration::from_secs(20);
     while !(env.containerd_log().contains(want)
         && env
