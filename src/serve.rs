@@ -108,12 +108,24 @@ struct Daemon {
     flags: Flags,
     socket: Option<PathBuf>,
     exe: Exe,
+    reaper: Arc<Reaper>,
     reaper_task: JoinHandle<()>,
     exits_task: JoinHandle<()>,
     events: Publisher,
     service: Arc<TaskService>,
+    front: Arc<Front>,
     server: Arc<Server<Front>>,
     shutdown: Arc<Notify>,
+}
+
+/// Runs the reaper: every SIGCHLD, every exit to its subscribers.
+fn spawn_reaper(reaper: &Arc<Reaper>) -> JoinHandle<()> {
+    let reaper = reaper.clone();
+    tokio::spawn(async move {
+        if let Err(e) = reaper.run().await {
+            crate::error!("reaper: {e}");
+        }
+    })
 }
 
 impl Daemon {
@@ -154,17 +166,15 @@ impl Daemon {
             tasks: service.clone(),
             control: Control::new(asks, parts.report),
         });
-        let server = Server::start(parts.listener, front, parts.conns);
-        let reaper_task = tokio::spawn(async move {
-            if let Err(e) = reaper.run().await {
-                crate::error!("reaper: {e}");
-            }
-        });
+        let server = Server::start(parts.listener, front.clone(), parts.conns);
+        let reaper_task = spawn_reaper(&reaper);
         Daemon {
             flags: flags.clone(),
             socket,
             exe,
+            reaper,
             reaper_task,
+            front,
             exits_task,
             events,
             service,
@@ -182,14 +192,8 @@ impl Daemon {
         h: Handover,
         asks: mpsc::UnboundedSender<UpgradeAsk>,
     ) -> Result<Daemon, String> {
-        let std_listener = std::os::unix::net::UnixListener::from(h.server.listener);
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("listener: {e}"))?;
-        let listener =
-            UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
         let parts = Parts {
-            listener,
+            listener: listener_from(h.server.listener)?,
             conns: h.server.conns,
             containers: h.containers,
             events: h.events,
@@ -239,7 +243,27 @@ impl Daemon {
         // From here on, the call that asked is handed over: the report
         // travels in the handover.
         self.reaper_task.abort();
-        let settled = self.service.exits_settled(crate::upgrade::QUIESCE).await;
+        if !self.service.exits_settled(crate::upgrade::QUIESCE).await {
+            // Nothing was taken apart yet: serve on as before.
+            let error = "exits still being reported".to_string();
+            crate::warn!("upgrade refused: {error}");
+            self.front.control.set_report(Report {
+                from,
+                to,
+                ok: false,
+                error,
+            });
+            let mut d = self;
+            d.reaper_task = spawn_reaper(&d.reaper);
+            match serve_on(d.front.clone(), server) {
+                Ok(s) => d.server = s,
+                Err(e) => {
+                    crate::error!("serving on after a refused upgrade: {e}");
+                    std::process::exit(1);
+                }
+            }
+            return d;
+        }
         let containers = self.service.hand_over().await;
         let events = self.events.pause().await;
         self.exits_task.abort();
@@ -260,9 +284,7 @@ impl Daemon {
                 error: String::new(),
             }),
         };
-        let failed = if !settled {
-            "exits still being reported".to_string()
-        } else {
+        let failed = {
             let mut fds = state::FdList::default();
             let record = state::record(&h, &mut fds);
             match serde_json::to_vec(&record) {
@@ -297,6 +319,22 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Serves a handed-over listener and connections again with `front`.
+fn serve_on(
+    front: Arc<Front>,
+    h: crate::ttrpc::ServerHandover,
+) -> Result<Arc<Server<Front>>, String> {
+    Ok(Server::start(listener_from(h.listener)?, front, h.conns))
+}
+
+/// A handed-over listening socket, for the runtime.
+fn listener_from(fd: OwnedFd) -> Result<UnixListener, String> {
+    let l = std::os::unix::net::UnixListener::from(fd);
+    l.set_nonblocking(true)
+        .map_err(|e| format!("listener: {e}"))?;
+    UnixListener::from_std(l).map_err(|e| format!("listener: {e}"))
 }
 
 /// Takes over from a previous image: the record, its descriptors, and (in a

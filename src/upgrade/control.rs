@@ -50,6 +50,11 @@ impl Control {
             report: Mutex::new(report),
         })
     }
+
+    /// What handed-over Upgrade calls are answered from now on.
+    pub fn set_report(&self, report: Report) {
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Status> {
