@@ -9,8 +9,10 @@
 //! container: the relay keeps what the container writes in a [`Spill`]
 //! (memory, then an unnamed file, up to a cap; beyond the cap it drops and
 //! counts) and replays it, in order, as soon as the reader takes bytes again.
-//! While it replays, the container is paced by the reader; once the spill is
-//! empty the relay splices directly again.
+//! While it replays, what the container writes goes on after what is held, so
+//! the container is not stopped by a reader catching up (only a spill whose
+//! footprint reached the cap makes it wait for that reader); once the spill
+//! is empty the relay splices directly again.
 //!
 //! Every relay counts what it took from its source, what it wrote to its
 //! destination and what it dropped ([`Flow`]): the exit path uses the
@@ -457,8 +459,8 @@ impl Relay {
     }
 
     /// The reader is stalled: keep the container's output in the spill; when
-    /// it takes bytes again, replay in order (the container waits for the
-    /// reader meanwhile); stalled again, back to keeping.
+    /// it takes bytes again, replay in order while still keeping what the
+    /// container writes; stalled again, back to only keeping.
     async fn spilling(
         &self,
         spill: &mut Spill,
@@ -503,7 +505,10 @@ impl Relay {
                 }
                 continue;
             }
-            // The reader is back: replay, in order.
+            // The reader is back: replay, in order, and keep taking the
+            // container's output after what is held, so a replay never
+            // stops the container. Only a spill whose footprint reached the
+            // cap makes the container wait for the (live) reader.
             match spill.send(dst.get_ref(), &self.flow) {
                 Ok(true) => {
                     spill.report();
@@ -515,18 +520,37 @@ impl Relay {
                     return Ok(Some(Phase::Draining));
                 }
             }
-            let wait = async {
-                loop {
-                    let mut g = dst.writable().await?;
-                    if writable_now(dst.get_ref()) {
-                        return io::Result::Ok(());
+            let stalled = tokio::time::sleep(self.stall);
+            tokio::pin!(stalled);
+            loop {
+                let room = spill.room_while_replaying().min(BUF);
+                tokio::select! {
+                    r = self.src.readable(), if !*eof && room > 0 => {
+                        let mut g = r?;
+                        match rustix::io::read(self.src.get_ref(), &mut buf[..room]) {
+                            Ok(0) | Err(Errno::IO) => *eof = true,
+                            Ok(n) => {
+                                self.flow.add_taken(n);
+                                spill.push(&buf[..n], &self.flow);
+                            }
+                            Err(Errno::AGAIN) => g.clear_ready(),
+                            Err(Errno::INTR) => {}
+                            Err(e) => return Err(e.into()),
+                        }
                     }
-                    g.clear_ready();
+                    r = dst.writable() => {
+                        let mut g = r?;
+                        if writable_now(dst.get_ref()) {
+                            break;
+                        }
+                        g.clear_ready();
+                    }
+                    () = &mut stalled => {
+                        // Stalled again: back to only keeping the output.
+                        *replaying = false;
+                        break;
+                    }
                 }
-            };
-            if tokio::time::timeout(self.stall, wait).await.is_err() {
-                // Stalled again: back to taking the container's output.
-                *replaying = false;
             }
         }
     }
@@ -798,6 +822,65 @@ mod tests {
         assert!(
             longest < Duration::from_millis(1200),
             "the writer was blocked for {longest:?}"
+        );
+    }
+
+    /// A reader that comes back slower than the writer: the replay keeps
+    /// taking the writer's output (it is never stopped for longer than the
+    /// stall limit) and every record still arrives once, in order.
+    #[tokio::test]
+    async fn a_reader_catching_up_slowly_does_not_stop_the_writer() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let (r2, w2) = rustix::pipe::pipe().unwrap();
+        const CHUNKS: u64 = 120;
+        const PER_CHUNK: u64 = 4096; // 16-byte records: 64 KiB a chunk
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(w);
+            let mut longest = Duration::ZERO;
+            for c in 0..CHUNKS {
+                let t = Instant::now();
+                f.write_all(&records(c * PER_CHUNK, (c + 1) * PER_CHUNK))
+                    .unwrap();
+                longest = longest.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            longest
+        });
+        let reader = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(r2);
+            let mut got = vec![0u8; 8192];
+            f.read_exact(&mut got).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            // About two thirds of the writer's rate.
+            let mut chunk = vec![0u8; 64 << 10];
+            loop {
+                match f.read(&mut chunk).unwrap() {
+                    0 => break got,
+                    n => got.extend_from_slice(&chunk[..n]),
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        let (_d, p) = policy(64 << 20);
+        let flow = Arc::new(Flow::default());
+        relay_counted(
+            Arc::new(r),
+            Sink::Output(w2, p),
+            flow.clone(),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+        let longest = writer.join().unwrap();
+        let got = reader.join().unwrap();
+        assert!(
+            got == records(0, CHUNKS * PER_CHUNK),
+            "records lost, reordered or repeated"
+        );
+        assert_eq!(flow.dropped(), 0);
+        assert!(
+            longest < Duration::from_millis(1000),
+            "the writer was stopped for {longest:?} while the reader caught up"
         );
     }
 

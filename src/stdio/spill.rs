@@ -111,6 +111,14 @@ impl Spill {
         (self.mem.len() - self.head) as u64 + self.file.as_ref().map_or(0, |f| f.write - f.read)
     }
 
+    /// How many more bytes the spill takes while it is being replayed: its
+    /// footprint (memory plus everything ever appended to its file, which
+    /// is freed only once drained) stays within the cap.
+    pub fn room_while_replaying(&self) -> usize {
+        let footprint = self.mem.len() as u64 + self.file.as_ref().map_or(0, |f| f.write);
+        usize::try_from(self.policy.max.saturating_sub(footprint)).unwrap_or(usize::MAX)
+    }
+
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.held() == 0
