@@ -76,15 +76,29 @@ impl Cgroup {
     }
 
     /// SIGKILLs every process of the cgroup; returns how many were signalled
-    /// (with `cgroup.kill`, how many were listed).
+    /// (with `cgroup.kill`, how many were listed). On v2 it says how in the
+    /// log: this only happens when the runtime could not kill.
     pub async fn kill_all(&self) -> io::Result<usize> {
         match self {
             Cgroup::V2(dir) => {
                 let listed = self.procs().len();
                 match write_control(&dir.join("cgroup.kill"), "1") {
-                    Ok(()) => Ok(listed),
+                    Ok(()) => {
+                        crate::info!(
+                            "killed the {listed} processes of {} through cgroup.kill",
+                            dir.display()
+                        );
+                        Ok(listed)
+                    }
                     Err(e) if e.kind() == io::ErrorKind::NotFound && dir.exists() => {
-                        self.frozen_kill(&dir.join("cgroup.freeze"), "1", "0").await
+                        let n = self
+                            .frozen_kill(&dir.join("cgroup.freeze"), "1", "0")
+                            .await?;
+                        crate::info!(
+                            "killed {n} processes of {} (frozen, killed, thawed: no cgroup.kill)",
+                            dir.display()
+                        );
+                        Ok(n)
                     }
                     Err(e) => Err(e),
                 }

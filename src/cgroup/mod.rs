@@ -140,6 +140,8 @@ pub(crate) fn read_u64(dir: &Path, file: &str, max_value: u64) -> u64 {
 }
 
 /// The hugetlb page sizes (`2MB`, `1GB`, …) that have `hugetlb.<size><suffix>` files.
+/// The reservation files beside them (`hugetlb.2MB.rsvd.current`, Linux 5.7+)
+/// name no page size of their own.
 pub(crate) fn hugetlb_sizes(dir: &Path, suffix: &str) -> Vec<String> {
     let mut sizes: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -148,6 +150,7 @@ pub(crate) fn hugetlb_sizes(dir: &Path, suffix: &str) -> Vec<String> {
                     let n = e.file_name().to_string_lossy().into_owned();
                     n.strip_prefix("hugetlb.")?
                         .strip_suffix(suffix)
+                        .filter(|size| !size.contains('.'))
                         .map(str::to_string)
                 })
                 .collect()
@@ -190,6 +193,23 @@ mod tests {
         assert_eq!(p["memory"], Path::new("/sys/fs/cgroup/memory/ns/c1"));
         assert_eq!(p["cpuacct"], Path::new("/sys/fs/cgroup/cpu,cpuacct/ns/c1"));
         assert_eq!(p["pids"], Path::new("/sys/fs/cgroup/pids/ns/c1"));
+    }
+
+    #[test]
+    fn hugetlb_sizes_skip_reservation_files() {
+        let d = tempfile::tempdir().unwrap();
+        for f in [
+            "hugetlb.2MB.current",
+            "hugetlb.2MB.rsvd.current",
+            "hugetlb.1GB.current",
+            "hugetlb.1GB.rsvd.current",
+            "hugetlb.2MB.usage_in_bytes",
+            "hugetlb.2MB.rsvd.usage_in_bytes",
+        ] {
+            std::fs::write(d.path().join(f), "0\n").unwrap();
+        }
+        assert_eq!(hugetlb_sizes(d.path(), ".current"), ["1GB", "2MB"]);
+        assert_eq!(hugetlb_sizes(d.path(), ".usage_in_bytes"), ["2MB"]);
     }
 
     #[test]

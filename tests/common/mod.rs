@@ -281,6 +281,12 @@ impl Env {
     /// (io.containerd.runc.v2, which is Wedge here too), host-network pods
     /// only, and the busybox and pause images imported into `k8s.io`.
     pub fn start_with(install: Install, cri: bool) -> Env {
+        Env::start_custom(install, cri, "")
+    }
+
+    /// Like [`Env::start_with`], with `extra` appended to containerd's
+    /// config (e.g. more CRI runtime handlers).
+    pub fn start_custom(install: Install, cri: bool, extra: &str) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("wedge-e2e-")
             .tempdir_in("/tmp")
@@ -346,6 +352,7 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
                 d = d.display()
             ));
         }
+        config.push_str(extra);
         std::fs::write(d.join("config.toml"), config).unwrap();
         let containerd = spawn_containerd(d);
         let ns = format!(
@@ -712,8 +719,14 @@ pub fn processes() -> Vec<(u32, String)> {
     v
 }
 
+/// The cgroup hierarchies' roots: `/sys/fs/cgroup` itself on a unified (v2)
+/// host, else each v1 hierarchy mounted below it.
 fn cgroup_hierarchies() -> Vec<PathBuf> {
-    std::fs::read_dir("/sys/fs/cgroup")
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.to_path_buf()];
+    }
+    std::fs::read_dir(root)
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.path())
