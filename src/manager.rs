@@ -20,7 +20,7 @@
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -350,13 +350,29 @@ fn runtime_features(binary: &Path) -> Option<Vec<u8>> {
     None
 }
 
+/// Whether a shim listens on `path`. A non-blocking connect answers at
+/// once and never by timing: refused or missing means no listener; a
+/// connection, or EAGAIN (a full backlog: a daemon still starting, or busy),
+/// means one is there.
 fn shim_alive(path: &Path) -> bool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let p = path.to_path_buf();
-    std::thread::spawn(move || {
-        let _ = tx.send(UnixStream::connect(p).is_ok());
-    });
-    rx.recv_timeout(Duration::from_millis(100)).unwrap_or(false)
+    use rustix::net::{
+        connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType,
+    };
+    let Ok(addr) = SocketAddrUnix::new(path) else {
+        return false;
+    };
+    let Ok(sock) = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    match connect(&sock, &addr) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INPROGRESS,
+    }
 }
 
 /// The socket named by the bundle's `address` file, if no shim answers on
@@ -542,6 +558,40 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener that has not accepted anything yet, even with its backlog
+    /// full, is a live shim; a socket file nobody listens on is not.
+    #[test]
+    fn a_slow_listener_is_alive_and_a_stale_socket_is_not() {
+        use rustix::net::{
+            connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType,
+        };
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s");
+        assert!(!shim_alive(&path), "no file");
+        let listener = UnixListener::bind(&path).unwrap();
+        assert!(shim_alive(&path));
+        let addr = SocketAddrUnix::new(&path).unwrap();
+        let mut held = Vec::new();
+        let full = (0..100_000).any(|_| {
+            let s = socket_with(
+                AddressFamily::UNIX,
+                SocketType::STREAM,
+                SocketFlags::NONBLOCK,
+                None,
+            )
+            .unwrap();
+            let r = connect(&s, &addr);
+            held.push(s);
+            r.is_err()
+        });
+        assert!(full, "the backlog never filled");
+        assert!(shim_alive(&path), "a full backlog is a live listener");
+        drop(held);
+        drop(listener);
+        assert!(path.exists());
+        assert!(!shim_alive(&path), "stale socket file");
+    }
 
     #[test]
     fn groups_by_annotation() {

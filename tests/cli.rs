@@ -30,12 +30,7 @@ fn version_help_and_missing_namespace() {
         "{text}"
     );
     // The revision is the commit the binary was built from.
-    let head = Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    let head = head_commit();
     assert!(text.contains(&format!("Revision: {head}\n")), "{text}");
     for flag in ["-h", "-help", "--help"] {
         let h = shim().arg(flag).output().unwrap();
@@ -448,4 +443,31 @@ fn start_answers_bootstrap_params_and_uses_their_socket_dir() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!socket.exists(), "the dead shim's socket is left");
+}
+
+/// The checkout's HEAD commit: from git, or where git is not installed (the
+/// cgroup v2 guest) from `.git` itself (a ref file or `packed-refs`).
+fn head_commit() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    match Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(root)
+        .output()
+    {
+        Ok(out) => return String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "git: {e}"),
+    }
+    let git = root.join(".git");
+    let head = std::fs::read_to_string(git.join("HEAD")).unwrap();
+    let Some(name) = head.trim().strip_prefix("ref: ") else {
+        return head.trim().to_string();
+    };
+    if let Ok(c) = std::fs::read_to_string(git.join(name)) {
+        return c.trim().to_string();
+    }
+    let packed = std::fs::read_to_string(git.join("packed-refs")).unwrap();
+    packed
+        .lines()
+        .find_map(|l| l.strip_suffix(name)?.strip_suffix(' ').map(str::to_string))
+        .unwrap_or_else(|| panic!("{name} is in neither .git/{name} nor packed-refs"))
 }

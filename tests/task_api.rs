@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -410,11 +410,23 @@ fn closeio_ends_cat_in_init() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"line one\nline two\n").unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    // Close stdin once cat echoed it: the task is running by then. (ctr
+    // arms its CloseIO on EOF only after NewTask returns; an EOF before
+    // that, on a slow host, would never reach the shim.)
+    let mut echoed = vec![0u8; 18];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut echoed)
+        .unwrap();
     drop(stdin);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert_eq!(stdout(&out), "line one\nline two\n");
+    assert_eq!(
+        String::from_utf8_lossy(&echoed) + stdout(&out).as_str(),
+        "line one\nline two\n"
+    );
     env.assert_clean();
 }
 
