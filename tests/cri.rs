@@ -539,11 +539,21 @@ fn no_line_is_lost_while_containerd_is_down_for_30_s() {
         if lines.last().is_some_and(|l| l.1 >= up + 3) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the CRI log did not catch up: last line {:?}",
-            lines.last()
-        );
+        if Instant::now() >= deadline {
+            let said: Vec<String> = env
+                .containerd_log()
+                .lines()
+                .filter(|l| l.contains("output") || l.contains("chatty") || l.contains("spill"))
+                .map(str::to_string)
+                .collect();
+            panic!(
+                "the CRI log did not catch up: last line {:?} (down {down}, up {up}, now {}); \
+                 containerd's log on output:\n{}",
+                lines.last(),
+                unix_now(),
+                said[said.len().saturating_sub(40)..].join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));

@@ -89,11 +89,14 @@ fn install(env: &Env, bin: &Path) -> PathBuf {
 
 /// Runs the installed binary's `upgrade` command: success and output.
 fn upgrade(env: &Env, args: &[&str]) -> (bool, String) {
+    let t = std::time::Instant::now();
     let out = Command::new(env.dir.path().join("bin").join(shim_name(env)))
         .arg("upgrade")
         .args(args)
         .output()
         .unwrap();
+    // (How long it took, for the record: shown with --nocapture.)
+    eprintln!("upgrade {args:?}: {:?}", t.elapsed());
     (
         out.status.success(),
         format!(
