@@ -434,6 +434,8 @@ async fn serve(
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("signals: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("signals: {e}"))?;
     let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| format!("signals: {e}"))?;
+    // Started: what start-up alone ran need not stay resident.
+    crate::sys::trim_code_residency();
     loop {
         tokio::select! {
             _ = d.shutdown.notified() => {

@@ -143,6 +143,8 @@ impl Drop for Docker {
             }
             let _ = std::fs::remove_dir(&parent);
         }
+        // runc's root for dockerd's namespace, when nothing else uses it.
+        let _ = std::fs::remove_dir("/run/containerd/runc/moby");
     }
 }
 

@@ -263,3 +263,55 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Keeps only the code a shim actually runs resident. The kernel maps a
+/// file's pages around each one faulted in ("fault-around", 64 KiB), so a
+/// daemon that touched a little of every part of its binary at start holds
+/// nearly all of it. This marks the read-only file mappings random-access
+/// (no fault-around from now on) and lets go of the pages of the executable
+/// ones, which fault back in, one page at a time, when run again.
+///
+/// Writable mappings and read-only ones that may hold relocated data are
+/// never released: only code (`r-x`, never written) is.
+pub fn trim_code_residency() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        // A file mapping: offset, device, inode (non-zero), path.
+        let (_, _, inode, path) = (f.next(), f.next(), f.next(), f.next());
+        if inode.is_none_or(|i| i == "0") || path.is_none_or(|p| !p.starts_with('/')) {
+            continue;
+        }
+        let Some((lo, hi)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        else {
+            continue;
+        };
+        let p = perms.as_bytes();
+        if p.len() < 3 || p[1] == b'w' || p[0] != b'r' {
+            continue;
+        }
+        let addr = lo as *mut libc::c_void;
+        let len = hi - lo;
+        // SAFETY: [lo, hi) is a whole read-only, file-backed mapping of this
+        // process as listed by the kernel. MADV_RANDOM changes only how
+        // later faults read ahead. MADV_DONTNEED is applied only to
+        // executable, never-written (`r-x`, private or shared) mappings of
+        // a file: their pages are identical to the file's, so dropping them
+        // loses nothing; the next access faults them back in from the page
+        // cache. No Rust reference points into code pages.
+        unsafe {
+            libc::madvise(addr, len, libc::MADV_RANDOM);
+            if p[2] == b'x' {
+                libc::madvise(addr, len, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
