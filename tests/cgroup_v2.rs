@@ -22,6 +22,8 @@ mod cgroup_files;
 mod common;
 #[path = "guest/cri_client.rs"]
 mod cri_client;
+#[path = "common/cri.rs"]
+mod cri_common;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,6 +38,7 @@ use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim::*;
 use containerd_shim_protos::types::task::Status;
 use cri_client::*;
+use cri_common::*;
 use k8s_cri::v1::*;
 
 /// `ctr task metrics ID` as (name, value) pairs.

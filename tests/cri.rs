@@ -4,30 +4,17 @@
 //! the way the kubelet drives it. Pods use the host network (no CNI).
 
 mod common;
+#[path = "common/cri.rs"]
+mod cri_common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use hyper_util::rt::TokioIo;
+use cri_common::*;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use tonic::transport::{Channel, Endpoint, Uri};
-
-async fn connect(sock: &str) -> RuntimeServiceClient<Channel> {
-    let path = sock.to_string();
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap();
-    RuntimeServiceClient::new(channel)
-}
+use tonic::transport::Channel;
 
 fn pod_config(env: &Env, name: &str) -> PodSandboxConfig {
     PodSandboxConfig {
@@ -74,16 +61,6 @@ fn container_config(name: &str, script: &str) -> ContainerConfig {
         linux: Some(LinuxContainerConfig::default()),
         ..Default::default()
     }
-}
-
-fn shims_in_k8s_ns(env: &Env) -> Vec<u32> {
-    processes()
-        .into_iter()
-        .filter(|(_, c)| {
-            c.contains(&env.address) && c.contains("-namespace k8s.io") && !c.ends_with(" start")
-        })
-        .map(|(p, _)| p)
-        .collect()
 }
 
 async fn pod_lifecycle(env: &Env, handler: &str) {
@@ -318,27 +295,6 @@ async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, env: &Env, pod: &str
     while !shims_in_k8s_ns(env).is_empty() {
         assert!(Instant::now() < deadline, "pod shim still running");
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        if st.state == ContainerState::ContainerExited as i32 {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "{id} did not exit");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -9,10 +9,10 @@
 //! container: the relay keeps what the container writes in a [`Spill`]
 //! (memory, then an unnamed file, up to a cap; beyond the cap it drops and
 //! counts) and replays it, in order, as soon as the reader takes bytes again.
-//! While it replays, what the container writes goes on after what is held, so
-//! the container is not stopped by a reader catching up (only a spill whose
-//! footprint reached the cap makes it wait for that reader); once the spill
-//! is empty the relay splices directly again.
+//! While it replays, what the container writes goes on after what is held, at
+//! up to half the pace the reader takes the replay: the container is not
+//! stopped by a reader catching up, and the backlog shrinks however slow the
+//! reader is; once the spill is empty the relay splices directly again.
 //!
 //! Every relay counts what it took from its source, what it wrote to its
 //! destination and what it dropped ([`Flow`]): the exit path uses the
@@ -274,6 +274,15 @@ impl Dst {
         }
     }
 }
+/// What one read into the spill found.
+enum Take {
+    /// Bytes (or an interrupted read: try again).
+    Took,
+    /// Nothing now.
+    Empty,
+    /// The source ended.
+    Eof,
+}
 
 /// What one step of the relay did.
 enum Step {
@@ -471,33 +480,31 @@ impl Relay {
             return Ok(Some(Phase::Flowing));
         };
         let mut buf = vec![0u8; BUF];
+        // What was sent and taken when this replay began.
+        let mut mark = (self.flow.sent(), self.flow.taken());
         loop {
             if !*replaying {
                 // Stalled: take what the container writes; watch the reader.
                 tokio::select! {
                     r = self.src.readable(), if !*eof => {
                         let mut g = r?;
-                        match rustix::io::read(self.src.get_ref(), &mut buf[..]) {
-                            Ok(0) | Err(Errno::IO) => {
+                        match self.take_into(spill, &mut buf)? {
+                            Take::Eof => {
                                 *eof = true;
                                 if spill.is_empty() {
                                     spill.report();
                                     return Ok(None);
                                 }
                             }
-                            Ok(n) => {
-                                self.flow.add_taken(n);
-                                spill.push(&buf[..n], &self.flow);
-                            }
-                            Err(Errno::AGAIN) => g.clear_ready(),
-                            Err(Errno::INTR) => {}
-                            Err(e) => return Err(e.into()),
+                            Take::Empty => g.clear_ready(),
+                            Take::Took => {}
                         }
                     }
                     r = dst.writable() => {
                         let mut g = r?;
                         if writable_now(dst.get_ref()) {
                             *replaying = true;
+                            mark = (self.flow.sent(), self.flow.taken());
                         } else {
                             g.clear_ready();
                         }
@@ -506,9 +513,11 @@ impl Relay {
                 continue;
             }
             // The reader is back: replay, in order, and keep taking the
-            // container's output after what is held, so a replay never
-            // stops the container. Only a spill whose footprint reached the
-            // cap makes the container wait for the (live) reader.
+            // container's output after what is held, at up to half the pace
+            // the reader takes the replay: the container never stops while
+            // the reader reads, and what is held always shrinks, however
+            // slow the reader. (A spill whose footprint reached the cap
+            // takes nothing more until it is empty.)
             match spill.send(dst.get_ref(), &self.flow) {
                 Ok(true) => {
                     spill.report();
@@ -523,19 +532,18 @@ impl Relay {
             let stalled = tokio::time::sleep(self.stall);
             tokio::pin!(stalled);
             loop {
-                let room = spill.room_while_replaying().min(BUF);
+                let replayed = self.flow.sent() - mark.0;
+                let admitted = self.flow.taken() - mark.1;
+                let share =
+                    usize::try_from((replayed / 2).saturating_sub(admitted)).unwrap_or(usize::MAX);
+                let room = spill.room_while_replaying().min(share).min(BUF);
                 tokio::select! {
                     r = self.src.readable(), if !*eof && room > 0 => {
                         let mut g = r?;
-                        match rustix::io::read(self.src.get_ref(), &mut buf[..room]) {
-                            Ok(0) | Err(Errno::IO) => *eof = true,
-                            Ok(n) => {
-                                self.flow.add_taken(n);
-                                spill.push(&buf[..n], &self.flow);
-                            }
-                            Err(Errno::AGAIN) => g.clear_ready(),
-                            Err(Errno::INTR) => {}
-                            Err(e) => return Err(e.into()),
+                        match self.take_into(spill, &mut buf[..room])? {
+                            Take::Eof => *eof = true,
+                            Take::Empty => g.clear_ready(),
+                            Take::Took => {}
                         }
                     }
                     r = dst.writable() => {
@@ -552,6 +560,21 @@ impl Relay {
                     }
                 }
             }
+        }
+    }
+
+    /// Reads what the container wrote (up to `buf`'s length) into the spill.
+    fn take_into(&self, spill: &mut Spill, buf: &mut [u8]) -> io::Result<Take> {
+        match rustix::io::read(self.src.get_ref(), &mut *buf) {
+            Ok(0) | Err(Errno::IO) => Ok(Take::Eof),
+            Ok(n) => {
+                self.flow.add_taken(n);
+                spill.push(&buf[..n], &self.flow);
+                Ok(Take::Took)
+            }
+            Err(Errno::AGAIN) => Ok(Take::Empty),
+            Err(Errno::INTR) => Ok(Take::Took),
+            Err(e) => Err(e.into()),
         }
     }
 

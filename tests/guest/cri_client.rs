@@ -1,18 +1,14 @@
 //! The CRI client side of the guest's CRI test: connecting over the
 //! containerd socket, pod and container configs as the kubelet's systemd
-//! driver sends them, and reaching a CRI container's shim directly. Part of
+//! driver sends them, and reaching a CRI container's shim directly (the client
+//! itself is `tests/common/cri.rs`). Part of
 //! `tests/cgroup_v2.rs` (guest only).
-
-use std::time::{Duration, Instant};
 
 use crate::common::*;
 use containerd_shim_protos::cgroups_v2::metrics::Metrics;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::shim::*;
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 /// containerd's log without its start-up chatter, for failure messages.
 pub fn log_excerpt(env: &Env) -> String {
@@ -21,21 +17,6 @@ pub fn log_excerpt(env: &Env) -> String {
         .filter(|l| !l.contains("loading plugin") && !l.contains("skip loading plugin"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-pub async fn connect(sock: &str) -> RuntimeServiceClient<Channel> {
-    let path = sock.to_string();
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap();
-    RuntimeServiceClient::new(channel)
 }
 
 /// A pod as the kubelet's systemd driver sends it: `cgroup_parent` is the
@@ -130,35 +111,4 @@ pub fn state_and_stats(addr: &str, id: &str) -> (u32, Metrics) {
     let any = r.stats.unwrap();
     assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
     (st.pid, Metrics::parse_from_bytes(&any.value).unwrap())
-}
-
-pub fn shims_in_k8s_ns(env: &Env) -> Vec<u32> {
-    processes()
-        .into_iter()
-        .filter(|(_, c)| {
-            c.contains(&env.address) && c.contains("-namespace k8s.io") && !c.ends_with(" start")
-        })
-        .map(|(p, _)| p)
-        .collect()
-}
-
-pub async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        if st.state == ContainerState::ContainerExited as i32 {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "{id} did not exit");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
