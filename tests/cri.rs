@@ -389,7 +389,7 @@ fn assert_consecutive_and_never_stalled(
     assert!(!lines.is_empty(), "{what}: no lines");
     if let Some(i) = (0..lines.len()).find(|&i| lines[i].0 != i as u64 + 1) {
         panic!(
-            "{what}: line {} is {:?} (after {:?})",
+            "{what}: line {} is {:?} (after {:?}; {marks:?})",
             i + 1,
             lines[i],
             lines.get(i.wrapping_sub(1))
