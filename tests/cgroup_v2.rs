@@ -594,21 +594,7 @@ async fn systemd_pod(env: &Env, handler: &str, shim_cgroup: Option<&Path>, units
         .await
         .unwrap();
     }
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !shims_in_k8s_ns(env).is_empty() {
-        assert!(Instant::now() < deadline, "pod shim still running");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    remove_pod(&mut rt, env, &pod, Duration::from_secs(15)).await;
     for id in ids.iter().chain([&pod]) {
         let unit = format!("cri-containerd-{id}.scope");
         wait_gone(&slice_dir.join(&unit));

@@ -16,36 +16,6 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
-fn pod_config(env: &Env, name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        log_directory: env
-            .dir
-            .path()
-            .join("pod-logs")
-            .join(name)
-            .display()
-            .to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{}-cri/{name}", env.ns),
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn container_config(name: &str, script: &str) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -135,19 +105,10 @@ async fn pod_lifecycle(env: &Env, handler: &str) {
         })
         .await
         .unwrap();
-        let st = rt
-            .container_status(ContainerStatusRequest {
-                container_id: ids[name].clone(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let st = container_status(&mut rt, &ids[name]).await;
         assert_eq!(st.exit_code, want, "{name}");
     }
-    remove_pod(&mut rt, env, &pod).await;
+    remove_pod(&mut rt, env, &pod, Duration::from_secs(10)).await;
     // Nothing of the pod is left: no process in its cgroups, no runtime state.
     let parent = format!("{}-cri", env.ns);
     for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
@@ -241,7 +202,7 @@ async fn start_pod(
     name: &str,
     handler: &str,
 ) -> (String, PodSandboxConfig) {
-    let cfg = pod_config(env, name);
+    let cfg = pod_config(env, name, &format!("/{}-cri/{name}", env.ns));
     std::fs::create_dir_all(&cfg.log_directory).unwrap();
     let pod = rt
         .run_pod_sandbox(RunPodSandboxRequest {
@@ -278,24 +239,6 @@ async fn start_container(
     .await
     .unwrap();
     id
-}
-
-async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, env: &Env, pod: &str) {
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .unwrap();
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !shims_in_k8s_ns(env).is_empty() {
-        assert!(Instant::now() < deadline, "pod shim still running");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Numbered lines at full speed right up to the exit: the CRI log has every
@@ -349,7 +292,7 @@ fn cri_log_and_exec_sync_output_are_complete() {
             assert_eq!(r.exit_code, 0);
             assert_eq!(r.stdout.len(), BURST, "ExecSync run {i}");
         }
-        remove_pod(&mut rt, &env, &pod).await;
+        remove_pod(&mut rt, &env, &pod, Duration::from_secs(10)).await;
     });
     cleanup_cgroups(&env);
     let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
@@ -536,7 +479,7 @@ fn no_line_is_lost_while_containerd_is_down_for_30_s() {
     env.finish("fifo-chatty");
     rt.block_on(async {
         let mut rt = connect(&env.address).await;
-        remove_pod(&mut rt, &env, &pod).await;
+        remove_pod(&mut rt, &env, &pod, Duration::from_secs(10)).await;
     });
     cleanup_cgroups(&env);
     let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
@@ -587,7 +530,7 @@ fn stop_container_ends_a_container_whose_runtime_hangs() {
         })
         .await
         .unwrap();
-        remove_pod(&mut rt, &env, &pod).await;
+        remove_pod(&mut rt, &env, &pod, Duration::from_secs(10)).await;
         // The hung `runtime delete` left its state, as the shim said; the
         // runtime cleans it up once it works again.
         assert!(env
@@ -679,16 +622,7 @@ fn no_event_is_lost_however_long_containerd_is_down() {
         let mut rt = connect(&env.address).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let st = rt
-                .container_status(ContainerStatusRequest {
-                    container_id: hog.clone(),
-                    verbose: false,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-                .unwrap();
+            let st = container_status(&mut rt, &hog).await;
             if st.reason == "OOMKilled" {
                 assert_eq!(st.exit_code, 137);
                 break;
@@ -702,7 +636,7 @@ fn no_event_is_lost_however_long_containerd_is_down() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        remove_pod(&mut rt, &env, &pod).await;
+        remove_pod(&mut rt, &env, &pod, Duration::from_secs(10)).await;
     });
     assert!(env.ctr(&["task", "rm", "seven"]).status.success());
     assert!(env.ctr(&["container", "rm", "seven"]).status.success());

@@ -37,24 +37,84 @@ pub fn shims_in_k8s_ns(env: &Env) -> Vec<u32> {
         .collect()
 }
 
+/// A CRI container's status.
+pub async fn container_status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerStatus {
+    rt.container_status(ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
 /// Waits (up to a bound) for a CRI container to be EXITED; its status.
 pub async fn wait_exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let st = rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
+        let st = container_status(rt, id).await;
         if st.state == ContainerState::ContainerExited as i32 {
             return st;
         }
         assert!(Instant::now() < deadline, "{id} did not exit");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A host-network pod (no CNI) under `cgroup_parent`, logging to a folder of
+/// the test's own.
+pub fn pod_config(env: &Env, name: &str, cgroup_parent: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: env
+            .dir
+            .path()
+            .join("pod-logs")
+            .join(name)
+            .display()
+            .to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.into(),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Stops and removes a pod, then waits (up to `bound`) for its shim to go.
+pub async fn remove_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    env: &Env,
+    pod: &str,
+    bound: Duration,
+) {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + bound;
+    while !shims_in_k8s_ns(env).is_empty() {
+        assert!(Instant::now() < deadline, "pod shim still running");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

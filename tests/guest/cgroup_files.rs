@@ -69,6 +69,11 @@ pub fn v2_stats(env: &Env, id: &str) -> Metrics {
             },
         )
         .unwrap();
+    v2_metrics(r)
+}
+
+/// The v2 metrics a Stats response carries (it must carry v2 metrics).
+pub fn v2_metrics(r: StatsResponse) -> Metrics {
     let any = r.stats.unwrap();
     assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
     Metrics::parse_from_bytes(&any.value).unwrap()

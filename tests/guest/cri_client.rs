@@ -6,7 +6,6 @@
 
 use crate::common::*;
 use containerd_shim_protos::cgroups_v2::metrics::Metrics;
-use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::shim::*;
 use k8s_cri::v1::*;
 
@@ -17,38 +16,6 @@ pub fn log_excerpt(env: &Env) -> String {
         .filter(|l| !l.contains("loading plugin") && !l.contains("skip loading plugin"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// A pod as the kubelet's systemd driver sends it: `cgroup_parent` is the
-/// pod's slice (`kubepods-besteffort-pod<uid>.slice`).
-pub fn pod_config(env: &Env, name: &str, slice: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        log_directory: env
-            .dir
-            .path()
-            .join("pod-logs")
-            .join(name)
-            .display()
-            .to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: slice.into(),
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 pub fn container_config(name: &str, script: &str, memory: i64) -> ContainerConfig {
@@ -108,7 +75,5 @@ pub fn state_and_stats(addr: &str, id: &str) -> (u32, Metrics) {
         },
     )
     .unwrap();
-    let any = r.stats.unwrap();
-    assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
-    (st.pid, Metrics::parse_from_bytes(&any.value).unwrap())
+    (st.pid, crate::cgroup_files::v2_metrics(r))
 }
