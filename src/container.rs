@@ -93,6 +93,9 @@ pub struct Container {
     /// The runtime's `kill` hung for this container once: later signals are
     /// delivered by the shim without waiting for it again.
     kill_hung: AtomicBool,
+    /// An exec's start ended or its exit was recorded (see
+    /// [`Container::execs_ended`]).
+    exec_settled: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,7 +133,30 @@ impl Container {
             oom: Mutex::new(None),
             pending_restore: Mutex::new(None),
             kill_hung: AtomicBool::new(false),
+            exec_settled: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Wakes [`Container::execs_ended`]: an exec's start failed or its exit
+    /// was recorded.
+    pub fn exec_settled(&self) {
+        self.exec_settled.notify_waiters();
+    }
+
+    /// Waits until no exec is being started and every exec that ran has its
+    /// exit recorded. Init's exit waits for this, as in the Go shim: a
+    /// container's init exit is published after its execs' exits, and an
+    /// exec started while init was dying has either failed or exited by
+    /// then (init's end ends its pid namespace; a container without its own
+    /// one has every process killed first).
+    pub async fn execs_ended(&self) {
+        loop {
+            let settled = self.exec_settled.notified();
+            if !self.execs().iter().any(|e| e.holds_init_exit()) {
+                return;
+            }
+            settled.await;
+        }
     }
 
     /// The process named by `exec_id` (init when empty).

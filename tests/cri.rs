@@ -643,3 +643,65 @@ fn no_event_is_lost_however_long_containerd_is_down() {
     cleanup_cgroups(&env);
     let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
 }
+
+/// A kubelet exec probe: ExecSync of a command that prints, with a 1 s
+/// timeout. containerd attaches its output readers only after Start has
+/// returned and starts the probe's timer then, so a Start that waited for the
+/// output to be read would stall every probe by the shim's idle bound while
+/// the exit code still said 0: each of 20 probes through each install form is
+/// answered, with its output, in under a second, and the shim never reports
+/// an exit with output nobody took.
+#[test]
+fn a_printing_exec_probe_is_answered_within_its_one_second_timeout() {
+    let env = Env::start_with(Install::Wedge, true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        for handler in ["wedge", "dropin"] {
+            let (pod, cfg) =
+                start_pod(&mut rt, &env, &format!("pod-probe-{handler}"), handler).await;
+            let id = start_container(&mut rt, &pod, &cfg, "probed", "sleep 600").await;
+            let mut took = Vec::new();
+            for i in 0..20 {
+                let t = Instant::now();
+                let r = rt
+                    .exec_sync(ExecSyncRequest {
+                        container_id: id.clone(),
+                        cmd: vec!["echo".into(), format!("probe-{i}")],
+                        timeout: 1,
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("{handler}: probe {i}: {e}"))
+                    .into_inner();
+                took.push(t.elapsed());
+                assert_eq!(
+                    (r.exit_code, String::from_utf8_lossy(&r.stdout).into_owned()),
+                    (0, format!("probe-{i}\n")),
+                    "{handler}: probe {i}"
+                );
+            }
+            took.sort();
+            eprintln!("{handler}: probes answered in {took:?}");
+            let slow: Vec<_> = took
+                .iter()
+                .filter(|d| **d >= Duration::from_secs(1))
+                .collect();
+            assert!(slow.is_empty(), "{handler}: probes answered in {took:?}");
+            remove_pod(&mut rt, &env, &pod, Duration::from_secs(10)).await;
+        }
+    });
+    let log = env.containerd_log();
+    assert!(
+        !log.contains("not taken by a reader"),
+        "the shim held an exit for a reader: {}",
+        log.lines()
+            .filter(|l| l.contains("not taken by a reader"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    cleanup_cgroups(&env);
+    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
+}

@@ -720,3 +720,98 @@ fn init_exit_in_a_shared_pid_namespace_kills_the_rest() {
     env.finish("host");
     env.assert_clean();
 }
+
+/// Init dies while an exec's Start is in flight (the runtime's `exec` is
+/// slow): as the Go shim does, the shim holds init's exit (State `running`,
+/// no `/tasks/exit`) until that Start has returned; the exec, whose Start
+/// failed, stays `created`; then init's exit is reported as usual.
+#[test]
+fn init_exit_is_held_while_an_exec_is_being_started() {
+    let env = Env::start(Install::DropIn);
+    let events = env.events();
+    let rt = env.hang_runc().display().to_string();
+    let out = env.run("dying", &["-d", "--runc-binary", &rt], &["sleep", "600"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("dying", "RUNNING");
+    let init_pid = env.state("dying", "").pid;
+    let begun = env.set_slow_exec(6);
+    let mut any = Any::new();
+    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+    any.value = br#"{"args":["echo","hi"],"cwd":"/","env":["PATH=/bin"]}"#.to_vec();
+    let exec = ExecProcessRequest {
+        id: "dying".into(),
+        exec_id: "slow".into(),
+        spec: MessageField::some(any),
+        ..Default::default()
+    };
+    let _: Empty = env.shim_call("dying", "Exec", &exec).unwrap();
+    let addr = env.shim_address("dying");
+    let starting = std::thread::spawn(move || {
+        let r: Result<StartResponse, ClientError> = ttrpc_call(
+            &addr,
+            "Start",
+            &StartRequest {
+                id: "dying".into(),
+                exec_id: "slow".into(),
+                ..Default::default()
+            },
+        );
+        r
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !begun.exists() {
+        assert!(Instant::now() < deadline, "the runtime's exec never began");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(env
+        .ctr(&["task", "kill", "-s", "KILL", "dying"])
+        .status
+        .success());
+    while alive(init_pid) {
+        assert!(Instant::now() < deadline, "init did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Init is gone, the exec's Start is still in flight: init's exit waits.
+    let mut looked = 0;
+    while !starting.is_finished() {
+        let st = env.state("dying", "").status.enum_value().unwrap();
+        if starting.is_finished() {
+            break;
+        }
+        assert_eq!(st, Status::RUNNING, "init's exit was not held");
+        assert!(
+            !events.topics("dying").iter().any(|t| t == "/tasks/exit"),
+            "init's exit published while an exec was being started"
+        );
+        looked += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        looked > 0,
+        "the exec's Start returned before init was reaped"
+    );
+    let r = starting.join().unwrap();
+    assert!(r.is_err(), "an exec started in a dead container: {r:?}");
+    env.set_slow_exec(0);
+    events.wait_for("dying", &["/tasks/exit"]);
+    env.wait_status("dying", "STOPPED");
+    assert_eq!(env.state("dying", "").exit_status, 137);
+    assert_eq!(
+        env.state("dying", "slow").status.enum_value().unwrap(),
+        Status::CREATED
+    );
+    let _: DeleteResponse = env
+        .shim_call(
+            "dying",
+            "Delete",
+            &DeleteRequest {
+                id: "dying".into(),
+                exec_id: "slow".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(env.ctr(&["task", "rm", "dying"]).status.success());
+    assert!(env.ctr(&["container", "rm", "dying"]).status.success());
+    env.assert_clean();
+}

@@ -80,6 +80,8 @@ pub struct Process {
     /// A pidfd for the process while it is alive: signals through it cannot
     /// reach a later owner of the pid.
     pidfd: Mutex<Option<OwnedFd>>,
+    /// An exec whose Start is in flight.
+    starting: AtomicBool,
 }
 
 impl Process {
@@ -97,6 +99,7 @@ impl Process {
             stdin_closed: AtomicBool::new(false),
             reaped: AtomicBool::new(false),
             pidfd: Mutex::new(None),
+            starting: AtomicBool::new(false),
         }
     }
 
@@ -229,6 +232,31 @@ impl Process {
         drop(st);
         self.exited.send_replace(Some(exit));
         true
+    }
+
+    /// Marks an exec whose Start is in flight (`true`) or has succeeded
+    /// (`false`, after its status became running). A new start forgets what
+    /// a failed one told its waiters.
+    pub fn set_starting(&self, on: bool) {
+        self.starting.store(on, Ordering::Release);
+        if on && self.lock().exit.is_none() {
+            self.exited.send_replace(None);
+        }
+    }
+
+    /// A Start that failed: the process stays as it was (`created`, as the
+    /// Go shim leaves it) and its waiters are released with `exit`.
+    pub fn start_failed(&self, exit: ExitInfo) {
+        self.starting.store(false, Ordering::Release);
+        self.exited.send_replace(Some(exit));
+    }
+
+    /// Whether this exec holds back its container's init exit: its Start is
+    /// in flight, or it ran and its exit is not recorded yet.
+    pub fn holds_init_exit(&self) -> bool {
+        let st = self.state();
+        self.starting.load(Ordering::Acquire)
+            || (st.exit.is_none() && matches!(st.status, Status::Running))
     }
 
     /// Waits until the process has exited.

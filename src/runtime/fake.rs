@@ -26,6 +26,11 @@ pub struct FakeRuntime {
     pub exit_during_exec: Mutex<Option<(std::sync::Arc<crate::reaper::Reaper>, u32)>>,
     /// Subcommands that never return (a hung runtime), after being recorded.
     pub hang: Mutex<std::collections::HashSet<String>>,
+    /// Written to an exec's stdout before it "exits" (`exit_during_exec`).
+    pub exec_output: Mutex<Vec<u8>>,
+    /// If set, `exec` waits (after being recorded) for a permit of this
+    /// semaphore before it succeeds or fails: a slow runtime.
+    pub exec_gate: Mutex<Option<std::sync::Arc<tokio::sync::Semaphore>>>,
 }
 
 impl FakeRuntime {
@@ -66,10 +71,28 @@ impl Runtime for FakeRuntime {
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { self.record("start", format!("start {id}")) })
     }
-    fn exec(&self, opts: ExecOpts, _stdio: ProcessStdio) -> BoxFuture<'_, Result<()>> {
+    fn exec(&self, opts: ExecOpts, stdio: ProcessStdio) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let spec = std::fs::read_to_string(&opts.process).unwrap_or_default();
-            self.record("exec", format!("exec {} {spec}", opts.id))?;
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("exec {} {spec}", opts.id));
+            let gate = self.exec_gate.lock().unwrap().clone();
+            if let Some(gate) = gate {
+                gate.acquire().await.expect("gate open").forget();
+            }
+            if let Some(msg) = self.fail.lock().unwrap().get("exec") {
+                return Err(RuntimeError::Failed {
+                    command: "exec".into(),
+                    status: 1,
+                    message: msg.clone(),
+                });
+            }
+            let output = self.exec_output.lock().unwrap().clone();
+            if let (Some(fd), false) = (stdio.stdout.as_ref(), output.is_empty()) {
+                rustix::io::write(fd, &output).map_err(|e| RuntimeError::Output(e.to_string()))?;
+            }
             let pid = {
                 let mut p = self.next_exec_pid.lock().unwrap();
                 *p += 1;

@@ -205,17 +205,7 @@ impl TaskService {
             .values()
             .find_map(|c| c.find_pid(exit.pid as u32).map(|p| (c.clone(), p)));
         match found {
-            Some((c, p)) => {
-                let this = self.clone();
-                self.exiting
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                tokio::spawn(async move {
-                    this.process_exited(&c, &p, exit).await;
-                    this.exiting
-                        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-                    this.exits_idle.notify_waiters();
-                });
-            }
+            Some((c, p)) => self.exited(c, p, exit),
             None => {
                 let mut early = lock(&self.early);
                 if early.in_flight > 0 {
@@ -225,12 +215,32 @@ impl TaskService {
         }
     }
 
+    /// A process of `c` was reaped: its exit is handled on a task of its
+    /// own, never inside a request. Delivering its output may wait for a
+    /// reader that a client attaches only once the request that started the
+    /// process has been answered (CRI's exec does).
+    pub(crate) fn exited(self: &Arc<Self>, c: Arc<Container>, p: Arc<Process>, exit: Exit) {
+        if !p.mark_reaped() {
+            return;
+        }
+        let this = self.clone();
+        self.exiting
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        tokio::spawn(async move {
+            this.process_exited(&c, &p, exit).await;
+            this.exiting
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            this.exits_idle.notify_waiters();
+        });
+    }
+
     /// Records an exit and publishes it: after the output the process
-    /// wrote has been delivered (bounded, see `stdio::delivery`), and after
-    /// any OOM of the container.
-    pub(crate) async fn process_exited(&self, c: &Container, p: &Process, exit: Exit) {
+    /// wrote has been delivered (bounded, see `stdio::delivery`), after any
+    /// OOM of the container, and for init after the exit of every exec that
+    /// was running or being started (as the Go shim orders them).
+    async fn process_exited(&self, c: &Container, p: &Process, exit: Exit) {
         let _order = p.lifecycle.lock().await;
-        if p.state().exit.is_some() || !p.mark_reaped() {
+        if p.state().exit.is_some() {
             return;
         }
         let is_init = p.exec_id.is_empty();
@@ -283,9 +293,13 @@ impl TaskService {
         }
         if is_init {
             self.report_oom(c);
+            c.execs_ended().await;
         }
         if !p.set_exited(info) {
             return;
+        }
+        if !is_init {
+            c.exec_settled();
         }
         let mut ev = TaskExit::new();
         ev.container_id = c.id.clone();
@@ -374,7 +388,7 @@ impl TaskService {
     }
 
     /// Create: mount the rootfs, record options, set up stdio, `runtime create`.
-    pub async fn create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+    pub async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         validate_id(&req.id)?;
         let bundle = PathBuf::from(&req.bundle);
         if !bundle.is_absolute() || !bundle.is_dir() {
@@ -408,7 +422,7 @@ impl TaskService {
         ev.pid = pid;
         self.events.publish(Event::create(&ev));
         if let Some(exit) = launch.take_early(pid) {
-            self.process_exited(&c, &c.init, exit).await;
+            self.exited(c.clone(), c.init.clone(), exit);
         }
         Ok(CreateTaskResponse {
             pid,
@@ -534,7 +548,7 @@ impl TaskService {
 
     /// Start: `runtime start` (or restore, or an exec), then the start event
     /// (before any exit event of the process).
-    pub async fn start(&self, req: StartRequest) -> Result<StartResponse> {
+    pub async fn start(self: &Arc<Self>, req: StartRequest) -> Result<StartResponse> {
         let c = self.get(&req.id)?;
         if !req.exec_id.is_empty() {
             return self.start_exec(&c, &req.exec_id).await;

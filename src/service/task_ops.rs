@@ -71,25 +71,37 @@ impl TaskService {
     }
 
     /// Start of an exec: `runtime exec --detach`, then `/tasks/exec-started`.
+    ///
+    /// Once init has exited no exec starts. While one is being started,
+    /// init's exit is held (see [`Container::execs_ended`]); an exec whose
+    /// start failed stays `created`, its waiters released.
     pub(crate) async fn start_exec(
-        &self,
+        self: &Arc<Self>,
         c: &Arc<Container>,
         exec_id: &str,
     ) -> Result<StartResponse> {
         let p = c.process(exec_id)?;
         let _order = p.lifecycle.lock().await;
         p.state().status.check(Op::Start)?;
+        if c.init.is_reaped() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} init process is not running",
+                c.id
+            )));
+        }
         c.init.state().status.check(Op::Exec)?;
         let launch = self.begin_launch();
+        p.set_starting(true);
         if let Err(e) = self.launch_exec(c, &p).await {
-            // Waiters must not hang on a process that never ran.
-            p.set_exited(crate::process::ExitInfo {
+            p.start_failed(crate::process::ExitInfo {
                 status: 255,
                 at: std::time::SystemTime::now(),
             });
+            c.exec_settled();
             return Err(e);
         }
         p.set_status(Status::Running);
+        p.set_starting(false);
         let pid = p.pid();
         let mut ev = TaskExecStarted::new();
         ev.container_id = c.id.clone();
@@ -98,7 +110,7 @@ impl TaskService {
         self.events.publish(Event::exec_started(&ev));
         drop(_order);
         if let Some(exit) = launch.take_early(pid) {
-            self.process_exited(c, &p, exit).await;
+            self.exited(c.clone(), p, exit);
         }
         Ok(StartResponse {
             pid,

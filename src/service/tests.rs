@@ -574,3 +574,191 @@ async fn a_hung_runtime_delete_still_releases_the_task() {
     assert!(t.elapsed() >= super::task::DELETE_BOUND);
     assert!(h.svc.is_empty());
 }
+
+/// An exec that prints and exits before its Start is answered: Start answers
+/// at once; the exit is reported only once a reader took the output (CRI
+/// attaches its readers after Start returns).
+#[tokio::test]
+async fn an_exec_start_is_answered_before_its_output_is_read() {
+    use std::io::Read;
+    let mut h = harness();
+    h.svc.create(create_req(&h, "c")).await.unwrap();
+    start(&h, "c", "").await.unwrap();
+    let fifo = h.bundle.path().join("exec-stdout");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let mut req = exec_req("c", "probe", br#"{"args":["echo","hi"]}"#);
+    req.stdout = fifo.display().to_string();
+    h.svc.exec(req).await.unwrap();
+    *h.rt.exec_output.lock().unwrap() = b"hi\n".to_vec();
+    *h.rt.exit_during_exec.lock().unwrap() = Some((h.reaper.clone(), 0));
+    while next_topic(&mut h).await != "/tasks/exec-added" {}
+    tokio::time::timeout(Duration::from_millis(500), start(&h, "c", "probe"))
+        .await
+        .expect("Start answered without waiting for a reader")
+        .unwrap();
+    assert_eq!(next_topic(&mut h).await, "/tasks/exec-started");
+    // Nobody read the output yet: the exit is not reported.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), h.events.recv())
+            .await
+            .is_err(),
+        "exit reported before its output was read"
+    );
+    assert_eq!(status(&h, "c", "probe"), PStatus::RUNNING);
+    // The client's reader comes: it gets the output, then the exit.
+    // (Non-blocking, as containerd's clients open it: the shim's writer is
+    // gone once its relay ended.)
+    let got = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        while got.len() < 3 {
+            match f.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(got)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(got, b"hi\n");
+    assert_eq!(next_topic(&mut h).await, "/tasks/exit");
+    assert_eq!(status(&h, "c", "probe"), PStatus::STOPPED);
+}
+
+/// Init dies while an exec's Start is in flight (a slow `runtime exec`):
+/// as in the Go shim, init's exit is held (State `running`, no
+/// `/tasks/exit`) until that Start has returned; the exec whose Start failed
+/// stays `created`, its Wait released; no exec starts after init's exit.
+#[tokio::test]
+async fn init_exit_waits_for_an_exec_start_in_flight() {
+    let mut h = harness();
+    h.svc.create(create_req(&h, "c")).await.unwrap();
+    start(&h, "c", "").await.unwrap();
+    h.svc
+        .exec(exec_req("c", "slow", br#"{"args":["true"]}"#))
+        .await
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *h.rt.exec_gate.lock().unwrap() = Some(gate.clone());
+    let svc = h.svc.clone();
+    let starting = tokio::spawn(async move {
+        svc.start(StartRequest {
+            id: "c".into(),
+            exec_id: "slow".into(),
+            ..Default::default()
+        })
+        .await
+    });
+    while !h
+        .rt
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|c| c.starts_with("exec c"))
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiter = {
+        let svc = h.svc.clone();
+        tokio::spawn(async move {
+            svc.wait(WaitRequest {
+                id: "c".into(),
+                exec_id: "slow".into(),
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    h.reaper.publish(exit(4242, 137));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status(&h, "c", ""), PStatus::RUNNING, "init's exit is held");
+    let mut topics = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), h.events.recv()).await
+    {
+        topics.push(e.topic);
+    }
+    assert!(!topics.contains(&"/tasks/exit"), "{topics:?}");
+    // No other exec starts once init has exited.
+    h.svc
+        .exec(exec_req("c", "late", br#"{"args":["true"]}"#))
+        .await
+        .unwrap();
+    assert!(matches!(
+        start(&h, "c", "late").await,
+        Err(Error::FailedPrecondition(ref m)) if m == "container c init process is not running"
+    ));
+    // The slow exec fails (its container is gone); then init's exit goes.
+    h.rt.fail
+        .lock()
+        .unwrap()
+        .insert("exec".into(), "cannot exec in a stopped container".into());
+    gate.add_permits(1);
+    assert!(starting.await.unwrap().is_err());
+    tokio::time::timeout(Duration::from_secs(1), waiter)
+        .await
+        .expect("the failed exec's Wait returns")
+        .unwrap()
+        .unwrap();
+    loop {
+        if next_topic(&mut h).await == "/tasks/exit" {
+            break;
+        }
+    }
+    assert_eq!(status(&h, "c", ""), PStatus::STOPPED);
+    assert_eq!(state(&h, "c", "").unwrap().exit_status, 137);
+    assert_eq!(status(&h, "c", "slow"), PStatus::CREATED);
+    delete(&h, "c", "slow").await.unwrap();
+}
+
+/// Init's exit is published after the exits of the execs that ran (the
+/// kernel ends them with init's pid namespace, in any order).
+#[tokio::test]
+async fn init_exit_follows_its_running_execs_exits() {
+    let mut h = harness();
+    h.svc.create(create_req(&h, "c")).await.unwrap();
+    start(&h, "c", "").await.unwrap();
+    h.svc
+        .exec(exec_req("c", "e", br#"{"args":["sleep","60"]}"#))
+        .await
+        .unwrap();
+    let pid = start(&h, "c", "e").await.unwrap().pid;
+    while next_topic(&mut h).await != "/tasks/exec-started" {}
+    h.reaper.publish(exit(4242, 137));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), h.events.recv())
+            .await
+            .is_err(),
+        "init's exit came before its exec's"
+    );
+    h.reaper.publish(exit(pid as i32, 137));
+    let first = h.events.recv().await.unwrap();
+    let second = h.events.recv().await.unwrap();
+    assert_eq!((first.topic, second.topic), ("/tasks/exit", "/tasks/exit"));
+    let ids: Vec<String> = [first, second]
+        .iter()
+        .map(|e| {
+            containerd_shim_protos::events::task::TaskExit::parse_from_bytes(&e.value)
+                .unwrap()
+                .id
+        })
+        .collect();
+    assert_eq!(ids, ["e", "c"]);
+}

@@ -182,7 +182,9 @@ pub fn docker_image_tar() -> PathBuf {
 }
 
 /// A runc wrapper (in the env's `bin`) whose `kill` and `delete` hang while
-/// `hang-kill` / `hang-delete` exist beside it: a wedged runtime.
+/// `hang-kill` / `hang-delete` exist beside it: a wedged runtime. While
+/// `slow-exec` exists, `exec` first creates `exec-begun` and sleeps for the
+/// seconds `slow-exec` holds: a slow runtime.
 pub const HANG_RUNC: &str = "hang-runc";
 /// What the wrapper's hung calls run as (to find leftovers).
 pub const HUNG_CMDLINE: &str = "/bin/sleep 2147483646";
@@ -196,7 +198,8 @@ dir=$(dirname "$0")
 for a in "$@"; do
   case "$a" in
     kill|delete) [ -e "$dir/hang-$a" ] && exec {HUNG_CMDLINE}; break ;;
-    create|start|exec|ps|pause|resume|update|state|features|checkpoint|restore) break ;;
+    exec) if [ -e "$dir/slow-exec" ]; then : > "$dir/exec-begun"; sleep "$(cat "$dir/slow-exec")"; fi; break ;;
+    create|start|ps|pause|resume|update|state|features|checkpoint|restore) break ;;
   esac
 done
 exec runc "$@"
@@ -210,6 +213,20 @@ impl Env {
     /// The hanging runc wrapper's path.
     pub fn hang_runc(&self) -> PathBuf {
         self.dir.path().join("bin").join(HANG_RUNC)
+    }
+
+    /// Makes the wrapper's `exec` take `secs` seconds (0: as fast as runc),
+    /// after it created `exec-begun` (whose path this returns).
+    pub fn set_slow_exec(&self, secs: u32) -> PathBuf {
+        let bin = self.dir.path().join("bin");
+        let begun = bin.join("exec-begun");
+        let _ = std::fs::remove_file(&begun);
+        if secs > 0 {
+            std::fs::write(bin.join("slow-exec"), secs.to_string()).unwrap();
+        } else {
+            let _ = std::fs::remove_file(bin.join("slow-exec"));
+        }
+        begun
     }
 
     /// Makes the wrapper's `kill` and/or `delete` hang (or not).
@@ -528,8 +545,19 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
         method: &str,
         req: &Req,
     ) -> Result<Resp, ClientError> {
-        let addr = std::fs::read_to_string(self.bundle(id).join("address")).expect("address file");
-        ttrpc_call(&addr, method, req)
+        ttrpc_call(&self.shim_address(id), method, req)
+    }
+
+    /// The address of the shim serving `id`: its bundle's `address` file,
+    /// or (a Go shim under containerd 2.x) `bootstrap.json`'s address.
+    pub fn shim_address(&self, id: &str) -> String {
+        let bundle = self.bundle(id);
+        if let Ok(a) = std::fs::read_to_string(bundle.join("address")) {
+            return a;
+        }
+        let json = std::fs::read_to_string(bundle.join("bootstrap.json")).expect("address file");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["address"].as_str().unwrap().to_string()
     }
 
     /// Asserts that nothing of this env's containers remains.
@@ -660,16 +688,28 @@ pub fn ttrpc_call<Req: Message, Resp: Message>(
         .unwrap();
     rt.block_on(async {
         let mut c = Client::connect(addr).await?;
-        let out = c
+        let payload = req.write_to_bytes().unwrap();
+        let timeout = Duration::from_secs(10);
+        let mut out = c
             .call(
                 "containerd.task.v2.Task",
                 method,
-                req.write_to_bytes().unwrap(),
+                payload.clone(),
                 &[],
-                Duration::from_secs(10),
+                timeout,
             )
-            .await?;
-        Ok(Resp::parse_from_bytes(&out).unwrap())
+            .await;
+        // Wedge serves both names; a Go shim of containerd 2.x only v3.
+        if let Err(ClientError::Status {
+            code: containerd_shim_protos::ttrpc::Code::UNIMPLEMENTED,
+            ..
+        }) = out
+        {
+            out = c
+                .call("containerd.task.v3.Task", method, payload, &[], timeout)
+                .await;
+        }
+        Ok(Resp::parse_from_bytes(&out?).unwrap())
     })
 }
 
