@@ -3,6 +3,7 @@
 //! (default: `git rev-parse HEAD` of the checkout; `unknown` outside one).
 //! Both can be set in the environment.
 
+use std::path::Path;
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {
@@ -19,11 +20,16 @@ fn main() {
         .unwrap_or_else(|_| std::env::var("CARGO_PKG_VERSION").unwrap_or_default());
     let revision = std::env::var("WEDGE_REVISION").ok().unwrap_or_else(|| {
         if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-            println!("cargo:rerun-if-changed={dir}/HEAD");
+            // Only files that exist: cargo reruns a build script whose
+            // watched file is missing on every build (a fresh clone has no
+            // loose ref or no packed-refs).
+            let mut watched = vec![format!("{dir}/HEAD"), format!("{dir}/packed-refs")];
             if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                println!("cargo:rerun-if-changed={dir}/{r}");
+                watched.push(format!("{dir}/{r}"));
             }
-            println!("cargo:rerun-if-changed={dir}/packed-refs");
+            for f in watched.iter().filter(|f| Path::new(f).exists()) {
+                println!("cargo:rerun-if-changed={f}");
+            }
         }
         git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_string())
     });
