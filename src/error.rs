@@ -50,13 +50,35 @@ impl Error {
     }
 }
 
+/// An OS error worded as Go words it (`no such file or directory`, no
+/// `(os error 2)`): containerd's clients see the Go shim's errors that way
+/// and some match them (Docker turns "no such file or directory" and
+/// "permission denied" into exit codes 127 and 126).
+pub struct OsText<'a>(pub &'a std::io::Error);
+
+impl std::fmt::Display for OsText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.to_string();
+        let text = match (self.0.raw_os_error(), text.rfind(" (os error ")) {
+            (Some(_), Some(i)) => &text[..i],
+            _ => &text,
+        };
+        let mut chars = text.chars();
+        match chars.next() {
+            Some(c) => write!(f, "{}{}", c.to_lowercase(), chars.as_str()),
+            None => Ok(()),
+        }
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         use std::io::ErrorKind;
+        let text = OsText(&e).to_string();
         match e.kind() {
-            ErrorKind::NotFound => Error::NotFound(e.to_string()),
-            ErrorKind::AlreadyExists => Error::AlreadyExists(e.to_string()),
-            _ => Error::Unknown(e.to_string()),
+            ErrorKind::NotFound => Error::NotFound(text),
+            ErrorKind::AlreadyExists => Error::AlreadyExists(text),
+            _ => Error::Unknown(text),
         }
     }
 }

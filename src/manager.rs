@@ -577,7 +577,7 @@ mod tests {
             let s = socket_with(
                 AddressFamily::UNIX,
                 SocketType::STREAM,
-                SocketFlags::NONBLOCK,
+                SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
                 None,
             )
             .unwrap();
@@ -590,7 +590,13 @@ mod tests {
         drop(held);
         drop(listener);
         assert!(path.exists());
-        assert!(!shim_alive(&path), "stale socket file");
+        // A child that another test forks at this moment holds a copy of
+        // the listener until it execs (close-on-exec): wait that out.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while shim_alive(&path) {
+            assert!(std::time::Instant::now() < deadline, "stale socket file");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]

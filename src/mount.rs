@@ -13,7 +13,7 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     /// mount(2) failed.
-    #[error("mount {fstype} {src} on {target}: {err}")]
+    #[error("mount {fstype} {src} on {target}: {}", crate::error::OsText(.err))]
     Mount {
         /// Filesystem type.
         fstype: String,
@@ -25,7 +25,7 @@ pub enum MountError {
         err: std::io::Error,
     },
     /// umount(2) failed for a reason other than "not mounted".
-    #[error("unmount {target}: {err}")]
+    #[error("unmount {target}: {}", crate::error::OsText(.err))]
     Unmount {
         /// Target directory.
         target: String,

@@ -214,13 +214,39 @@ fn missing_and_hanging_runtimes_get_clear_errors() {
         &["--rm", "--runc-binary", "/nonexistent/runc"],
         &["true"],
     );
+    // Worded as the Go shim words them (Docker, for one, matches "no such
+    // file or directory" and "executable file not found").
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("/nonexistent/runc"),
+        stderr(&out).contains("fork/exec /nonexistent/runc: no such file or directory"),
         "{}",
         stderr(&out)
     );
     let _ = env.ctr(&["container", "rm", "nort"]);
+    let out = env.run(
+        "nort",
+        &["--rm", "--runc-binary", "no-such-runc"],
+        &["true"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            r#"OCI runtime create failed: exec: "no-such-runc": executable file not found in $PATH"#
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let _ = env.ctr(&["container", "rm", "nort"]);
+    // The runtime's own error is the request's error, not the container's
+    // output (it fails before the process runs).
+    let out = env.run("nocmd", &["--rm"], &["/no/such/command"]);
+    assert!(!out.status.success());
+    let lines: Vec<&str> = std::str::from_utf8(&out.stderr).unwrap().lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("ctr: ") && lines[0].contains("/no/such/command"),
+        "{lines:?}"
+    );
+    let _ = env.ctr(&["container", "rm", "nocmd"]);
 
     // A runtime that hangs: the request's deadline kills it, the shim stays up.
     env.sleeper("host");

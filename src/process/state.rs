@@ -44,6 +44,22 @@ pub enum Op {
     Exec,
 }
 
+impl Op {
+    /// The operation's verb in messages.
+    fn verb(self) -> &'static str {
+        match self {
+            Op::Start => "start",
+            Op::Delete => "delete",
+            Op::Kill => "kill",
+            Op::Pause => "pause",
+            Op::Resume => "resume",
+            Op::Update => "update",
+            Op::Checkpoint => "checkpoint",
+            Op::Exec => "exec",
+        }
+    }
+}
+
 impl Status {
     /// The containerd `Status` value reported by State.
     pub fn to_proto(self) -> containerd_shim_protos::types::task::Status {
@@ -108,20 +124,45 @@ impl Status {
         if ok {
             return Ok(());
         }
+        Err(self.refusal(op))
+    }
+
+    /// Why `op` is refused in this state, worded as the Go shim words it
+    /// (`init_state.go`, `deleted_state.go`): clients and operators match
+    /// these texts. Plain refusals are Unknown, as there; a deleted process
+    /// is NotFound.
+    fn refusal(self, op: Op) -> Error {
+        use Status::*;
         let name = self.name();
-        Err(match op {
-            Op::Kill | Op::Delete if self == Deleted => {
-                Error::NotFound("process already deleted".into())
+        let msg = match (op, self) {
+            (Op::Kill | Op::Delete, Deleted) => {
+                let verb = if op == Op::Kill { "kill" } else { "delete" };
+                return Error::NotFound(format!("cannot {verb} a deleted process"));
             }
-            Op::Start => Error::Unknown(format!("cannot start a {name} process")),
-            Op::Delete => Error::FailedPrecondition(format!("cannot delete a {name} process")),
-            Op::Kill => Error::Unknown(format!("cannot kill a {name} process")),
-            Op::Pause => Error::Unknown(format!("cannot pause task in {name} state")),
-            Op::Resume => Error::Unknown(format!("cannot resume task in {name} state")),
-            Op::Update => Error::Unknown(format!("cannot update a {name} task")),
-            Op::Checkpoint => Error::Unknown(format!("cannot checkpoint a {name} task")),
-            Op::Exec => Error::Unknown(format!("cannot exec in a {name} state")),
-        })
+            (Op::Delete, _) => {
+                return Error::FailedPrecondition(format!("cannot delete a {name} process"))
+            }
+            (Op::Start, _) => format!("cannot start a {name} process"),
+            (Op::Kill, _) => format!("cannot kill a {name} process"),
+            (Op::Pause | Op::Resume | Op::Checkpoint, Created | CreatedCheckpoint) => {
+                let what = match op {
+                    Op::Pause => "pause task",
+                    Op::Resume => "resume task",
+                    _ => "checkpoint a task",
+                };
+                format!("cannot {what} in created state")
+            }
+            (Op::Resume, Running) => "cannot resume a running process".into(),
+            (Op::Pause | Op::Resume | Op::Update | Op::Checkpoint, Deleted) => {
+                format!("cannot {} a deleted process", op.verb())
+            }
+            (Op::Pause | Op::Resume | Op::Update | Op::Checkpoint, _) => {
+                format!("cannot {} a {name} container", op.verb())
+            }
+            (Op::Exec, CreatedCheckpoint) => "cannot exec in a created state".into(),
+            (Op::Exec, _) => format!("cannot exec in a {name} state"),
+        };
+        Error::Unknown(msg)
     }
 
     /// The state after an exit is observed.
@@ -156,6 +197,55 @@ mod tests {
             for (op, ok) in ops.into_iter().zip(allowed) {
                 assert_eq!(st.check(op).is_ok(), ok == 1, "{st:?} {op:?}");
             }
+        }
+    }
+
+    /// The refusals read as the Go shim's (`init_state.go`,
+    /// `deleted_state.go`, containerd 1.6 to 2.x).
+    #[test]
+    fn refusals_are_worded_as_the_go_shims() {
+        let cases = [
+            (Running, Start, "cannot start a running process"),
+            (Paused, Start, "cannot start a paused process"),
+            (Stopped, Start, "cannot start a stopped process"),
+            (Deleted, Start, "cannot start a deleted process"),
+            (Running, Delete, "cannot delete a running process"),
+            (Paused, Delete, "cannot delete a paused process"),
+            (Deleted, Delete, "cannot delete a deleted process"),
+            (Deleted, Kill, "cannot kill a deleted process"),
+            (Created, Pause, "cannot pause task in created state"),
+            (
+                CreatedCheckpoint,
+                Pause,
+                "cannot pause task in created state",
+            ),
+            (Paused, Pause, "cannot pause a paused container"),
+            (Stopped, Pause, "cannot pause a stopped container"),
+            (Deleted, Pause, "cannot pause a deleted process"),
+            (Created, Resume, "cannot resume task in created state"),
+            (Running, Resume, "cannot resume a running process"),
+            (Stopped, Resume, "cannot resume a stopped container"),
+            (Deleted, Resume, "cannot resume a deleted process"),
+            (Stopped, Update, "cannot update a stopped container"),
+            (Deleted, Update, "cannot update a deleted process"),
+            (
+                Created,
+                Checkpoint,
+                "cannot checkpoint a task in created state",
+            ),
+            (Stopped, Checkpoint, "cannot checkpoint a stopped container"),
+            (Deleted, Checkpoint, "cannot checkpoint a deleted process"),
+            (CreatedCheckpoint, Exec, "cannot exec in a created state"),
+            (Paused, Exec, "cannot exec in a paused state"),
+            (Stopped, Exec, "cannot exec in a stopped state"),
+            (Deleted, Exec, "cannot exec in a deleted state"),
+        ];
+        for (st, op, want) in cases {
+            let got = match st.check(op).unwrap_err() {
+                Error::Unknown(m) | Error::NotFound(m) | Error::FailedPrecondition(m) => m,
+                other => panic!("{st:?} {op:?}: {other:?}"),
+            };
+            assert_eq!(got, want, "{st:?} {op:?}");
         }
     }
 

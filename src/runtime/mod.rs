@@ -19,8 +19,10 @@ pub use crate::ttrpc::BoxFuture;
 /// Errors from the runtime CLI.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The runtime binary could not be started.
-    #[error("{binary}: {err}")]
+    /// The runtime binary could not be started (worded as the Go shim's
+    /// `exec: "runc": executable file not found in $PATH` and
+    /// `fork/exec /path: no such file or directory`).
+    #[error("{}", spawn_text(.binary, .err))]
     Spawn {
         /// The binary.
         binary: String,
@@ -40,6 +42,15 @@ pub enum RuntimeError {
     /// The runtime's output could not be read or parsed.
     #[error("{0}")]
     Output(String),
+}
+
+/// Why `binary` could not be started, in the words of Go's `os/exec`.
+fn spawn_text(binary: &str, err: &std::io::Error) -> String {
+    if err.kind() == std::io::ErrorKind::NotFound && !binary.contains('/') {
+        format!("exec: {binary:?}: executable file not found in $PATH")
+    } else {
+        format!("fork/exec {binary}: {}", crate::error::OsText(err))
+    }
 }
 
 impl RuntimeError {
@@ -181,3 +192,29 @@ pub struct RuntimeConfig {
 
 /// Makes a runtime for a container's settings.
 pub type RuntimeFactory = Arc<dyn Fn(RuntimeConfig) -> Arc<dyn Runtime> + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runtime that cannot be started reads as the Go shim's error.
+    #[test]
+    fn spawn_errors_are_worded_as_go_words_them() {
+        let spawn = |binary: &str, errno| RuntimeError::Spawn {
+            binary: binary.into(),
+            err: std::io::Error::from_raw_os_error(errno),
+        };
+        assert_eq!(
+            spawn("nope", libc::ENOENT).to_string(),
+            r#"exec: "nope": executable file not found in $PATH"#
+        );
+        assert_eq!(
+            spawn("/opt/runc", libc::ENOENT).to_string(),
+            "fork/exec /opt/runc: no such file or directory"
+        );
+        assert_eq!(
+            spawn("/etc/hostname", libc::EACCES).to_string(),
+            "fork/exec /etc/hostname: permission denied"
+        );
+    }
+}

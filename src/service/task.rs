@@ -368,6 +368,7 @@ impl TaskService {
                 .map_err(|e| Error::Unknown(format!("receive console: {e}")))?;
             io.attach_console(master)?;
         }
+        io.release();
         p.set_io(io).await;
         let pid = read_pid(pid_file)?;
         p.set_pid(pid);
@@ -510,7 +511,8 @@ impl TaskService {
         );
         if c.checkpoint.is_some() {
             // Nothing runs until Start restores it: keep the stdio for then.
-            let io = std::mem::take(&mut prepared.io);
+            let mut io = std::mem::take(&mut prepared.io);
+            io.release();
             init.set_io(io).await;
             *lock(&c.pending_restore) = Some(PendingRestore {
                 stdio: prepared.stdio,
@@ -529,7 +531,7 @@ impl TaskService {
             let cside = std::mem::take(&mut prepared.stdio);
             let since = self.reaper.seq();
             if let Err(e) = runtime.create(create, cside).await {
-                prepared.io.shutdown(Duration::from_millis(100)).await;
+                prepared.io.discard().await;
                 return Err(undo(Error::Unknown(format!(
                     "OCI runtime create failed: {e}"
                 ))));

@@ -144,10 +144,7 @@ impl TaskService {
             let cside = std::mem::take(&mut prepared.stdio);
             let since = self.reaper.seq();
             if let Err(e) = c.runtime.exec(opts, cside).await {
-                prepared
-                    .io
-                    .shutdown(std::time::Duration::from_millis(100))
-                    .await;
+                prepared.io.discard().await;
                 return Err(Error::Unknown(format!("OCI runtime exec failed: {e}")));
             }
             self.finish_launch(p, prepared, &pid_file, since).await

@@ -56,7 +56,7 @@ pub enum StdioError {
     #[error("invalid STDIO uri {0:?}")]
     BadUri(String),
     /// Opening or creating a stream failed.
-    #[error("{0}: {1}")]
+    #[error("{}: {}", .0, crate::error::OsText(.1))]
     Io(String, std::io::Error),
 }
 
@@ -302,6 +302,11 @@ pub struct ProcessIo {
     pending_console: Option<(Option<Dest>, Option<OwnedFd>)>,
     /// Pauses every relay of the process (an upgrade in place).
     pause: Option<watch::Sender<bool>>,
+    /// Holds the output relays of a process being launched until the
+    /// runtime call succeeded (`true`): what the runtime itself writes to
+    /// the process's stderr when it fails (its error) is not the process's
+    /// output, and is dropped with the pipes, as the Go shim drops it.
+    held: Option<watch::Sender<bool>>,
 }
 
 /// One output stream as it was paused: the relay (`None` once it ended) and
@@ -352,6 +357,7 @@ impl ProcessIo {
             parse_target(&spec.stderr)?,
         );
         let mut io = ProcessIo::default();
+        io.held = Some(watch::channel(false).0);
         let mut cside = ProcessStdio::default();
         let chown = |fd: &OwnedFd| {
             if owner.uid != 0 || owner.gid != 0 {
@@ -474,10 +480,33 @@ impl ProcessIo {
         }
     }
 
-    /// Runs one relay in its own task.
-    fn spawn(&mut self, state: RelayState, flow: Arc<Flow>) -> RelayTask {
+    /// Lets the output relays of a launched process run (the runtime call
+    /// succeeded).
+    pub fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            let _ = held.send(true);
+        }
+    }
+
+    /// After a failed runtime call: drops what sits in the output pipes (the
+    /// runtime's own error text), then releases every fd and the logger.
+    pub async fn discard(&mut self) {
+        self.held.take();
+        self.shutdown(Duration::from_millis(100)).await;
+    }
+
+    /// Runs one relay in its own task; an output relay of a process being
+    /// launched waits until [`ProcessIo::release`], and never runs if the
+    /// launch fails.
+    fn spawn(&mut self, state: RelayState, flow: Arc<Flow>, output: bool) -> RelayTask {
         let signal = self.pause_signal();
+        let mut held = self.held.as_ref().filter(|_| output).map(|h| h.subscribe());
         tokio::spawn(async move {
+            if let Some(h) = held.as_mut() {
+                if h.wait_for(|go| *go).await.is_err() {
+                    return Ok(Outcome::Ended);
+                }
+            }
             let r = relay::run(state, flow, relay::STALL, signal).await;
             if let Err(e) = &r {
                 crate::warn!("stdio relay: {e}");
@@ -497,7 +526,7 @@ impl ProcessIo {
             splice: true,
             phase: Phase::Flowing,
         };
-        let task = self.spawn(state, flow);
+        let task = self.spawn(state, flow, true);
         self.outputs.push(Output { outlet, task });
     }
 
@@ -509,7 +538,7 @@ impl ProcessIo {
             splice: true,
             phase: Phase::Flowing,
         };
-        self.stdin_relay = Some(self.spawn(state, Arc::new(Flow::default())));
+        self.stdin_relay = Some(self.spawn(state, Arc::new(Flow::default()), false));
     }
 
     /// The output streams, for the exit path to wait on their delivery.
@@ -571,7 +600,7 @@ impl ProcessIo {
             let flow = Arc::new(Flow::resumed(taken, sent, dropped));
             let outlet = Arc::new(Outlet::new(flow.clone(), out.src, out.fifo_reader, out.pty));
             let task = match out.relay {
-                Some(r) => io.spawn(r, flow),
+                Some(r) => io.spawn(r, flow, true),
                 None => {
                     flow.mark_ended();
                     tokio::spawn(async { Ok(Outcome::Ended) })
@@ -580,7 +609,7 @@ impl ProcessIo {
             io.outputs.push(Output { outlet, task });
         }
         if let Some(r) = state.stdin {
-            io.stdin_relay = Some(io.spawn(r, Arc::new(Flow::default())));
+            io.stdin_relay = Some(io.spawn(r, Arc::new(Flow::default()), false));
         }
         *io.stdin_closer.get_mut().unwrap_or_else(|p| p.into_inner()) = state.stdin_closer;
         *io.console.get_mut().unwrap_or_else(|p| p.into_inner()) = state.console;
@@ -744,10 +773,38 @@ mod tests {
             ..Default::default()
         };
         let mut p = ProcessIo::prepare(&spec, owner(&reaper)).await.unwrap();
+        p.io.release();
         rustix::io::write(p.stdio.stdout.as_ref().unwrap(), b"new\n").unwrap();
         drop(p.stdio);
         p.io.shutdown(Duration::from_secs(5)).await;
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "old\nnew\n");
+    }
+
+    /// What a runtime writes on the process's stderr when its call fails
+    /// (its error) is not relayed; after a successful call everything is.
+    #[tokio::test]
+    async fn output_flows_only_once_the_launch_succeeded() {
+        let reaper = Reaper::new();
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("out.log");
+        let spec = StdioSpec {
+            stdout: format!("file://{}", f.display()),
+            stderr: format!("file://{}", f.display()),
+            ..Default::default()
+        };
+        let mut failed = ProcessIo::prepare(&spec, owner(&reaper)).await.unwrap();
+        rustix::io::write(failed.stdio.stderr.as_ref().unwrap(), b"runc: failed\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(failed.stdio);
+        failed.io.discard().await;
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "");
+        let mut ok = ProcessIo::prepare(&spec, owner(&reaper)).await.unwrap();
+        rustix::io::write(ok.stdio.stdout.as_ref().unwrap(), b"before\n").unwrap();
+        ok.io.release();
+        rustix::io::write(ok.stdio.stderr.as_ref().unwrap(), b"after\n").unwrap();
+        drop(ok.stdio);
+        ok.io.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "before\nafter\n");
     }
 
     #[tokio::test]
@@ -768,6 +825,7 @@ mod tests {
             ..Default::default()
         };
         let mut p = ProcessIo::prepare(&spec, owner(&reaper)).await.unwrap();
+        p.io.release();
         // No client reads the FIFO: a small write still succeeds.
         rustix::io::write(p.stdio.stdout.as_ref().unwrap(), b"hello").unwrap();
         rustix::io::write(p.stdio.stderr.as_ref().unwrap(), b"oops\n").unwrap();
@@ -795,6 +853,7 @@ mod tests {
         // Stand in for a pty with a pipe: output flows from the "master".
         let (r, w) = rustix::pipe::pipe().unwrap();
         p.io.attach_console(r).unwrap();
+        p.io.release();
         rustix::io::write(&w, b"tty says hi\r\n").unwrap();
         drop(w);
         tokio::time::sleep(Duration::from_millis(100)).await;
