@@ -5,7 +5,7 @@ Runs each scenario for both shims, interleaved (A/B), and prints a markdown
 table of medians and Wedge/Go ratios. Raw samples go to a JSON file so a run
 can be re-read and compared later.
 
-Usage: bench/bench.py [--quick] [--out FILE]
+Usage: bench/bench.py [--quick] [--cri-only] [--out FILE]
   (bench/run builds Wedge, installs what is needed and calls this.)
 """
 import argparse
@@ -243,71 +243,110 @@ def med(xs):
     return statistics.median(xs)
 
 
+def p95(xs):
+    """The 95th percentile (nearest rank)."""
+    xs = sorted(xs)
+    return xs[max(0, -(-95 * len(xs) // 100) - 1)]
+
+
+CRI_ROWS = (
+    ("pod-start", "RunPodSandbox → container started"),
+    ("execsync-true", "ExecSync `true`"),
+    ("execsync-echo", "ExecSync `echo` (a probe that prints)"),
+    ("stream-echo", "streaming exec `echo` (Exec → websocket → exit)"),
+    ("stop-container", "StopContainer (exits on SIGTERM)"),
+    ("remove-pod", "StopPodSandbox + RemovePodSandbox"),
+)
+
+
+def bench_cri(wedge_bin, rounds, containerd_dir=None):
+    """The CRI rows (bench/cri.rs): Wedge beside the Go shim of the
+    containerd under test, interleaved; returns its samples."""
+    env = dict(os.environ, WEDGE_SHIM_UNDER_TEST=wedge_bin)
+    if containerd_dir:
+        env["WEDGE_CONTAINERD_DIR"] = containerd_dir
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run(["cargo", "bench", "--quiet", "--bench", "cri", "--", "--rounds", str(rounds),
+                        "--json", out.name], cwd=ROOT, env=env, check=True, stdin=subprocess.DEVNULL)
+        return json.loads(Path(out.name).read_text())
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--cri-only", action="store_true", help="only the CRI rows")
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
-    ap.add_argument("--out", default=str(ROOT / "bench/results/latest.json"))
+    ap.add_argument("--out", help="raw samples (default bench/results/latest.json, or cri.json with --cri-only)")
     ap.add_argument("--wedge", required=True, help="the Wedge binary to measure")
     a = ap.parse_args()
+    a.out = a.out or str(ROOT / "bench/results" / ("cri.json" if a.cri_only else "latest.json"))
     runs = 5 if a.quick else 15
     mib = 128 if a.quick else 1024
     churn_n = 20 if a.quick else 100
-    cd = Containerd(a.wedge)
     raw = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": a.quick,
            "machine": f"{os.cpu_count()} cores, {round(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30)} GiB, {os.uname().release}"}
-    try:
-        order = ["wedge", "go"]
-        for n, group in ((1, False), (20, False), (10, True)):
+    if not a.cri_only:
+        cd = Containerd(a.wedge)
+        try:
+            order = ["wedge", "go"]
+            for n, group in ((1, False), (20, False), (10, True)):
+                for shim in order:
+                    raw[f"mem-{n}{'-group' if group else ''}-{shim}"] = bench_memory(cd, shim, n, group)
+            for key, fn in (("run", bench_run_latency),):
+                for shim in order:
+                    raw[f"{key}-{shim}"] = []
+                for i in range(runs):
+                    for shim in (order if i % 2 == 0 else order[::-1]):
+                        raw[f"{key}-{shim}"].append(fn(cd, shim, i))
             for shim in order:
-                raw[f"mem-{n}{'-group' if group else ''}-{shim}"] = bench_memory(cd, shim, n, group)
-        for key, fn in (("run", bench_run_latency),):
-            for shim in order:
-                raw[f"{key}-{shim}"] = []
+                cd.run_d(shim, f"exec-host-{shim}", "sleep", "3600")
+                raw[f"exec-{shim}"] = []
             for i in range(runs):
                 for shim in (order if i % 2 == 0 else order[::-1]):
-                    raw[f"{key}-{shim}"].append(fn(cd, shim, i))
-        for shim in order:
-            cd.run_d(shim, f"exec-host-{shim}", "sleep", "3600")
-            raw[f"exec-{shim}"] = []
-        for i in range(runs):
-            for shim in (order if i % 2 == 0 else order[::-1]):
-                raw[f"exec-{shim}"].append(bench_exec_latency(cd, shim, f"exec-host-{shim}", i))
-        # Memory after many finished execs (does not grow).
-        for shim in order:
-            pid = [p for p in cd.shim_pids() if f"-id exec-host-{shim} " in
-                   " ".join(Path(f"/proc/{p}/cmdline").read_text().split("\0"))][0]
-            before = mem(pid)["rss"]
-            for i in range(200 if a.quick else 1000):
-                cd.ctr("task", "exec", "--exec-id", f"many{i}", f"exec-host-{shim}", "/bin/true")
-            raw[f"exec-growth-{shim}"] = {"before": before, "after": mem(pid)["rss"],
-                                          "execs": 200 if a.quick else 1000}
-            cd.remove(f"exec-host-{shim}")
-        raw["limit"] = []
-        for shim in order:
-            raw[f"fifo-{shim}"] = []
-            raw[f"file-{shim}"] = []
-        for i in range(3 if a.quick else 5):
-            raw["limit"].append(bench_limit(mib))
-            for shim in (order if i % 2 == 0 else order[::-1]):
-                raw[f"fifo-{shim}"].append(bench_fifo(cd, shim, mib, i))
-                raw[f"file-{shim}"].append(bench_file(cd, shim, mib, i))
-        if os.path.exists("/dev/shm/wedge-bench-limit"):
-            os.unlink("/dev/shm/wedge-bench-limit")
-        for shim in order:
-            raw[f"burst-{shim}"] = []
-        for i in range(10 if a.quick else 50):
-            for shim in (order if i % 2 == 0 else order[::-1]):
-                raw[f"burst-{shim}"].append(bench_burst(cd, shim, i))
-        for shim in order:
-            raw[f"churn-{shim}"] = []
-        for r in range(3 if not a.quick else 1):
-            for shim in (order if r % 2 == 0 else order[::-1]):
-                raw[f"churn-{shim}"].append(bench_churn(cd, shim, churn_n, 4, r))
-    finally:
-        cd.close()
+                    raw[f"exec-{shim}"].append(bench_exec_latency(cd, shim, f"exec-host-{shim}", i))
+            # Memory after many finished execs (does not grow).
+            for shim in order:
+                pid = [p for p in cd.shim_pids() if f"-id exec-host-{shim} " in
+                       " ".join(Path(f"/proc/{p}/cmdline").read_text().split("\0"))][0]
+                before = mem(pid)["rss"]
+                for i in range(200 if a.quick else 1000):
+                    cd.ctr("task", "exec", "--exec-id", f"many{i}", f"exec-host-{shim}", "/bin/true")
+                raw[f"exec-growth-{shim}"] = {"before": before, "after": mem(pid)["rss"],
+                                              "execs": 200 if a.quick else 1000}
+                cd.remove(f"exec-host-{shim}")
+            raw["limit"] = []
+            for shim in order:
+                raw[f"fifo-{shim}"] = []
+                raw[f"file-{shim}"] = []
+            for i in range(3 if a.quick else 5):
+                raw["limit"].append(bench_limit(mib))
+                for shim in (order if i % 2 == 0 else order[::-1]):
+                    raw[f"fifo-{shim}"].append(bench_fifo(cd, shim, mib, i))
+                    raw[f"file-{shim}"].append(bench_file(cd, shim, mib, i))
+            if os.path.exists("/dev/shm/wedge-bench-limit"):
+                os.unlink("/dev/shm/wedge-bench-limit")
+            for shim in order:
+                raw[f"burst-{shim}"] = []
+            for i in range(10 if a.quick else 50):
+                for shim in (order if i % 2 == 0 else order[::-1]):
+                    raw[f"burst-{shim}"].append(bench_burst(cd, shim, i))
+            for shim in order:
+                raw[f"churn-{shim}"] = []
+            for r in range(3 if not a.quick else 1):
+                for shim in (order if r % 2 == 0 else order[::-1]):
+                    raw[f"churn-{shim}"].append(bench_churn(cd, shim, churn_n, 4, r))
+        finally:
+            cd.close()
+    rounds = 6 if a.quick else 20
+    raw["cri"] = [bench_cri(a.wedge, rounds)]
+    newer = subprocess.run([str(ROOT / "scripts/fetch-debian"), "sid", "containerd"], check=True,
+                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL).stdout.decode().strip()
+    raw["cri"].append(bench_cri(a.wedge, rounds, f"{newer}/usr/bin"))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(raw, indent=1))
-    print(table(raw, mib, churn_n))
+    if a.cri_only:
+        print("\n".join([f"Run {raw['date']} on {raw['machine']}."] + cri_table(raw["cri"])))
+    else:
+        print(table(raw, mib, churn_n))
 
 
 def table(raw, mib, churn_n):
@@ -353,7 +392,25 @@ def table(raw, mib, churn_n):
     row(f"churn: {churn_n} containers, 4 at a time", med(raw["churn-wedge"]), med(raw["churn-go"]), "/s")
     head = [f"Run {raw['date']} on {raw['machine']}{' (quick)' if raw['quick'] else ''}; medians.", "",
             "| measure | Wedge | Go shim | Wedge/Go |", "|---|---|---|---|"]
-    return "\n".join(head + rows)
+    return "\n".join(head + rows + cri_table(raw.get("cri", [])))
+
+
+def cri_table(runs):
+    """The CRI rows: median and p95 of each path, per containerd."""
+    out = []
+    for run in runs:
+        s = run["samples"]
+        version = run["containerd"].split()[2] if len(run["containerd"].split()) > 2 else run["containerd"]
+        n = len(s["execsync-true-wedge"])
+        out += ["", f"Through the CRI API (containerd {version}, host-network pods, {run['rounds']} rounds; "
+                f"{n} calls of each exec kind), Wedge beside the Go shim; milliseconds.", "",
+                "| CRI path | Wedge median | Go median | ratio | Wedge p95 | Go p95 | ratio |",
+                "|---|---|---|---|---|---|---|"]
+        for key, label in CRI_ROWS:
+            w, g = s[f"{key}-wedge"], s[f"{key}-go"]
+            out.append(f"| {label} | {med(w) * 1000:.1f} | {med(g) * 1000:.1f} | {med(w) / med(g):.2f} | "
+                       f"{p95(w) * 1000:.1f} | {p95(g) * 1000:.1f} | {p95(w) / p95(g):.2f} |")
+    return out
 
 
 if __name__ == "__main__":

@@ -213,6 +213,13 @@ impl Container {
         cg.clone()
     }
 
+    /// Whether init has been reaped and no process is left in the
+    /// container's cgroup (false when the cgroup is not known): then
+    /// `runtime kill --all` has nothing to signal.
+    pub fn nothing_left(&self) -> bool {
+        self.init.is_reaped() && self.cgroup().is_some_and(|cg| cg.procs().is_empty())
+    }
+
     /// Installs the OOM watch and the task that reports it.
     pub fn set_oom(&self, watch: Arc<OomWatch>, task: AbortHandle) {
         if let Some((_, old)) = lock(&self.oom).replace((watch, task)) {

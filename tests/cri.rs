@@ -16,23 +16,6 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
-fn container_config(name: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig::default()),
-        ..Default::default()
-    }
-}
-
 async fn pod_lifecycle(env: &Env, handler: &str) {
     let sock = env.address.clone();
     let mut rt = connect(&sock).await;
@@ -128,39 +111,6 @@ async fn pod_lifecycle(env: &Env, handler: &str) {
     }
 }
 
-fn cleanup_cgroups(env: &Env) {
-    let parent = format!("{}-cri", env.ns);
-    // runc removes only each container's own cgroup; the pod and parent
-    // levels it created are ours to remove, once they are empty.
-    for _ in 0..50 {
-        remove_cgroup_tree(&parent);
-        if !std::path::Path::new("/sys/fs/cgroup/memory")
-            .join(&parent)
-            .exists()
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn remove_cgroup_tree(parent: &str) {
-    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let dir = h.path().join(parent);
-        if let Ok(rd) = std::fs::read_dir(&dir) {
-            for e in rd.flatten().filter(|e| e.path().is_dir()) {
-                if let Ok(sub) = std::fs::read_dir(e.path()) {
-                    for s in sub.flatten().filter(|s| s.path().is_dir()) {
-                        let _ = std::fs::remove_dir(s.path());
-                    }
-                }
-                let _ = std::fs::remove_dir(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&dir);
-    }
-}
-
 #[test]
 fn cri_pods_run_on_wedge_through_both_runtime_handlers() {
     let env = Env::start_with(Install::Wedge, true);
@@ -173,8 +123,6 @@ fn cri_pods_run_on_wedge_through_both_runtime_handlers() {
         pod_lifecycle(&env, "dropin").await;
     });
     cleanup_cgroups(&env);
-    // The runtime's state dir for the k8s.io namespace, if now empty.
-    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
 }
 
 /// The content of a CRI log file's stdout lines (the kubelet's format:
@@ -194,51 +142,6 @@ fn cri_log_stdout(path: &std::path::Path) -> String {
         }
     }
     out
-}
-
-async fn start_pod(
-    rt: &mut RuntimeServiceClient<Channel>,
-    env: &Env,
-    name: &str,
-    handler: &str,
-) -> (String, PodSandboxConfig) {
-    let cfg = pod_config(env, name, &format!("/{}-cri/{name}", env.ns));
-    std::fs::create_dir_all(&cfg.log_directory).unwrap();
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    (pod, cfg)
-}
-
-async fn start_container(
-    rt: &mut RuntimeServiceClient<Channel>,
-    pod: &str,
-    cfg: &PodSandboxConfig,
-    name: &str,
-    script: &str,
-) -> String {
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(container_config(name, script)),
-            sandbox_config: Some(cfg.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
-    id
 }
 
 /// Numbered lines at full speed right up to the exit: the CRI log has every
@@ -295,7 +198,6 @@ fn cri_log_and_exec_sync_output_are_complete() {
         remove_pod(&mut rt, &env, &pod, Duration::from_secs(10)).await;
     });
     cleanup_cgroups(&env);
-    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
 }
 
 /// Prints numbered lines `"<n> <unix second>"` at roughly 1 MB/s, forever;
@@ -482,7 +384,6 @@ fn no_line_is_lost_while_containerd_is_down_for_30_s() {
         remove_pod(&mut rt, &env, &pod, Duration::from_secs(10)).await;
     });
     cleanup_cgroups(&env);
-    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
 }
 
 /// StopContainer ends a container whose OCI runtime hangs on `kill` and
@@ -552,7 +453,6 @@ fn stop_container_ends_a_container_whose_runtime_hangs() {
         "the shim did not kill the container itself"
     );
     cleanup_cgroups(&env);
-    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
 }
 
 /// containerd is SIGKILLed for 90 s, longer than the shim's retry window:
@@ -641,7 +541,6 @@ fn no_event_is_lost_however_long_containerd_is_down() {
     assert!(env.ctr(&["task", "rm", "seven"]).status.success());
     assert!(env.ctr(&["container", "rm", "seven"]).status.success());
     cleanup_cgroups(&env);
-    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
 }
 
 /// A kubelet exec probe: ExecSync of a command that prints, with a 1 s
@@ -703,5 +602,51 @@ fn a_printing_exec_probe_is_answered_within_its_one_second_timeout() {
             .join("\n")
     );
     cleanup_cgroups(&env);
-    let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
+}
+
+/// Streaming exec as `kubectl exec` runs it (CRI Exec, then the streaming
+/// server's websocket): a 1 MiB burst right before the exit arrives whole,
+/// with stderr and the exit status, in each of 10 runs through each install.
+#[test]
+fn streaming_exec_output_is_complete() {
+    const BURST: usize = 1 << 20;
+    let env = Env::start_with(Install::Wedge, true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        for handler in ["wedge", "dropin"] {
+            let (pod, cfg) =
+                start_pod(&mut rt, &env, &format!("pod-stream-{handler}"), handler).await;
+            let id = start_container(&mut rt, &pod, &cfg, "streamed", "sleep 600").await;
+            for i in 0..10 {
+                let script = format!("head -c {BURST} /dev/zero | tr '\\0' x; echo err-{i} >&2");
+                let got = stream_exec(&mut rt, &id, &["sh", "-c", &script]).await;
+                assert_eq!(
+                    got.stdout.len(),
+                    BURST,
+                    "{handler}: run {i}: {:?}",
+                    got.status
+                );
+                assert!(got.stdout.iter().all(|b| *b == b'x'));
+                assert_eq!(
+                    got.stderr,
+                    format!("err-{i}\n").as_bytes(),
+                    "{handler}: run {i}"
+                );
+                assert!(got.status.contains("Success"), "{handler}: {}", got.status);
+            }
+            let failed = stream_exec(&mut rt, &id, &["sh", "-c", "echo bye; exit 3"]).await;
+            assert_eq!(failed.stdout, b"bye\n");
+            assert!(
+                failed.status.contains("ExitCode") && failed.status.contains("\"3\""),
+                "{handler}: {}",
+                failed.status
+            );
+            remove_pod(&mut rt, &env, &pod, Duration::from_secs(10)).await;
+        }
+    });
+    cleanup_cgroups(&env);
 }

@@ -767,3 +767,47 @@ fn kept_events_outlive_a_killed_shim() {
     assert!(env.ctr(&["container", "rm", "oomed"]).status.success());
     env.assert_clean();
 }
+
+/// `kill --all` after init's exit (containerd's Delete asks for it after
+/// every CRI container's exit) signals the cgroup's processes: when none is
+/// left, it is answered without a runtime call, so even a runtime whose
+/// `kill` hangs does not hold it.
+#[test]
+fn kill_all_with_nothing_left_needs_no_runtime() {
+    use wedge::service::task::KILL_BOUND;
+    let env = Env::start(Install::DropIn);
+    let rt = env.hang_runc().display().to_string();
+    let group = "io.containerd.runc.v2.group=killall";
+    let out = env.run(
+        "anchor",
+        &["-d", "--runc-binary", &rt, "--annotation", group],
+        &["sleep", "600"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(
+        "brief",
+        &["-d", "--runc-binary", &rt, "--annotation", group],
+        &["sh", "-c", "sleep 1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("brief", "STOPPED");
+    let shim = env.shim_pid("anchor").expect("shim");
+    env.set_hang("kill", true);
+    let t = Instant::now();
+    let out = env.ctr(&["task", "kill", "--all", "-s", "KILL", "brief"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        t.elapsed() < KILL_BOUND,
+        "kill --all took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        hung_runtime_calls(shim).1.is_empty(),
+        "the runtime was called"
+    );
+    env.set_hang("kill", false);
+    assert!(env.ctr(&["task", "rm", "brief"]).status.success());
+    assert!(env.ctr(&["container", "rm", "brief"]).status.success());
+    env.finish("anchor");
+    env.assert_clean();
+}

@@ -244,7 +244,7 @@ impl TaskService {
             return;
         }
         let is_init = p.exec_id.is_empty();
-        if is_init && c.kill_all_on_exit {
+        if is_init && c.kill_all_on_exit && !c.nothing_left() {
             // The rest of a shared pid namespace goes with init; a hung
             // runtime is not waited for.
             let hung = c.kill_hung()
@@ -736,6 +736,12 @@ impl TaskService {
         if req.exec_id.is_empty() {
             if st.status == Status::Stopped && !req.all {
                 return Err(Error::NotFound("process already finished".into()));
+            }
+            // What `runtime kill --all` would signal is the cgroup's
+            // processes: once init is gone and none is left (containerd's
+            // Delete after every CRI container's exit asks), no runtime call.
+            if req.all && c.nothing_left() {
+                return Ok(());
             }
             if c.kill_hung() {
                 let why = "the runtime's kill hung before";

@@ -294,9 +294,10 @@ impl Env {
     }
 
     /// Like [`Env::start`]; with `cri`, containerd's CRI plugin is on, with
-    /// runtime handlers `wedge` (io.containerd.wedge.v2) and `dropin`
-    /// (io.containerd.runc.v2, which is Wedge here too), host-network pods
-    /// only, and the busybox and pause images imported into `k8s.io`.
+    /// runtime handlers `wedge` (io.containerd.wedge.v2), `dropin` and
+    /// `runc` (io.containerd.runc.v2, which is Wedge here too) and `hang`
+    /// (the drop-in with the hanging runc wrapper), host-network pods only,
+    /// and the busybox and pause images imported into `k8s.io`.
     pub fn start_with(install: Install, cri: bool) -> Env {
         Env::start_custom(install, cri, "")
     }
@@ -304,6 +305,18 @@ impl Env {
     /// Like [`Env::start_with`], with `extra` appended to containerd's
     /// config (e.g. more CRI runtime handlers).
     pub fn start_custom(install: Install, cri: bool, extra: &str) -> Env {
+        Env::start_inner(install, cri, extra, true)
+    }
+
+    /// A CRI env where Wedge (`containerd-shim-wedge-v2`, handler `wedge`)
+    /// runs beside the Go shim of the containerd under test (handler
+    /// `runc`, io.containerd.runc.v2): the two side by side, as a node
+    /// that tries Wedge for some pods has them.
+    pub fn start_beside_go_shim() -> Env {
+        Env::start_inner(Install::Wedge, true, "", false)
+    }
+
+    fn start_inner(install: Install, cri: bool, extra: &str, cri_drop_in: bool) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("wedge-e2e-")
             .tempdir_in("/tmp")
@@ -321,7 +334,9 @@ impl Env {
         if cri {
             std::fs::create_dir_all(d.join("cni/bin")).unwrap();
             std::fs::create_dir_all(d.join("cni/conf")).unwrap();
-            std::fs::copy(wedge_binary(), bin.join("containerd-shim-runc-v2")).unwrap();
+            if cri_drop_in {
+                std::fs::copy(wedge_binary(), bin.join("containerd-shim-runc-v2")).unwrap();
+            }
             std::fs::copy(wedge_binary(), bin.join("containerd-shim-wedge-v2")).unwrap();
         }
         let address = d.join("c.sock").display().to_string();
@@ -360,6 +375,8 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wedge]
       runtime_type = "io.containerd.wedge.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.dropin]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hang]
       runtime_type = "io.containerd.runc.v2"
@@ -720,11 +737,13 @@ fn spawn_containerd(d: &Path) -> std::process::Child {
         .append(true)
         .open(d.join("containerd.log"))
         .unwrap();
-    let path = format!(
-        "{}:{}",
-        d.join("bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    // Wedge first, then the shims of the containerd under test (its own Go
+    // shim), then the system's.
+    let mut path = d.join("bin").display().to_string();
+    if let Some(dir) = std::env::var_os("WEDGE_CONTAINERD_DIR") {
+        path = format!("{path}:{}", Path::new(&dir).display());
+    }
+    let path = format!("{path}:{}", std::env::var("PATH").unwrap_or_default());
     Command::new(containerd_bin("containerd"))
         .arg("--config")
         .arg(d.join("config.toml"))
