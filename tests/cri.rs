@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use cri_common::*;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use tonic::transport::Channel;
 
 async fn pod_lifecycle(env: &Env, handler: &str) {
     let sock = env.address.clone();
