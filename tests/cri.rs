@@ -418,7 +418,7 @@ fn stop_container_ends_a_container_whose_runtime_hangs() {
         .unwrap();
         // The stop timeout, plus one kill bound for SIGTERM and one for
         // SIGKILL, plus a little.
-        let limit = Duration::from_secs(2) + 2 * KILL_BOUND + Duration::from_secs(3);
+        let limit = Duration::from_secs(2) + 2 * KILL_BOUND + slack(Duration::from_secs(3));
         assert!(t.elapsed() < limit, "StopContainer took {:?}", t.elapsed());
         let st = wait_exited(&mut rt, &id).await;
         assert_eq!(st.exit_code, 137);

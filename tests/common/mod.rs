@@ -42,12 +42,25 @@ macro_rules! both_installs {
     )*};
 }
 
-/// Resident memory of `pid`, in kB.
-pub fn rss_kb(pid: u32) -> u64 {
+/// `d` of slack in a time bound, at the pace of the machine the tests run
+/// on: `WEDGE_TEST_PACE` times it (the guest sets 2, or 4 under TCG's
+/// emulation), else as given. Only slack is scaled, never the shim's own
+/// bounds that a test checks.
+pub fn slack(d: Duration) -> Duration {
+    let pace: u32 = std::env::var("WEDGE_TEST_PACE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    d * pace.max(1)
+}
+
+/// Anonymous resident memory of `pid` (heap, stacks: what a leak grows),
+/// in kB.
+pub fn anon_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
