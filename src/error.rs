@@ -108,7 +108,10 @@ impl From<crate::options::OptionsError> for Error {
 
 impl From<crate::mount::MountError> for Error {
     fn from(e: crate::mount::MountError) -> Self {
-        Error::Unknown(e.to_string())
+        match e {
+            crate::mount::MountError::Options { .. } => Error::InvalidArgument(e.to_string()),
+            _ => Error::Unknown(e.to_string()),
+        }
     }
 }
 

@@ -494,38 +494,42 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
     let cwd = std::env::current_dir().map_err(e("cwd"))?;
     let dir = cwd.parent().unwrap_or(Path::new("/")).join(&flags.id);
     crate::service::task::validate_id(&flags.id).map_err(|err| err.to_string())?;
-    let binary = std::fs::read_to_string(dir.join("runtime")).map_err(e("read runtime"))?;
+    // Written by Create before anything that can fail; a bundle without it
+    // (Create never began, or an older shim's failed Create) has nothing in
+    // the runtime to delete.
+    let binary = crate::fsutil::read_optional(&dir.join("runtime")).map_err(e("read runtime"))?;
     let opts = crate::fsutil::read_optional(&dir.join("options.json"))
         .ok()
         .flatten()
         .map(|s| Options::from_json(&s))
         .unwrap_or_default();
-    let binary = if binary.trim().is_empty() {
-        "runc".to_string()
-    } else {
-        binary.trim().to_string()
-    };
-    let mut cmd = Command::new(&binary);
-    cmd.args(["--root", &opts.runtime_root(&flags.namespace), "--log"])
-        .arg(dir.join("log.json"))
-        .args(["--log-format", "json", "delete", "--force", &flags.id])
-        .env_remove("NOTIFY_SOCKET");
-    let out = if dir.join(crate::service::task::DELETE_ABANDONED).exists() {
-        Err(std::io::Error::other(
-            "hung when the shim deleted the task; not run again",
-        ))
-    } else {
-        run_bounded(cmd, SHIM_DELETE_RUNTIME_BOUND)
-    };
-    match out {
-        Ok(o) if !o.status.success() => {
-            eprintln!(
-                "{binary} delete: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
+    if let Some(binary) = binary {
+        let binary = match binary.trim() {
+            "" => "runc",
+            b => b,
+        };
+        let mut cmd = Command::new(binary);
+        cmd.args(["--root", &opts.runtime_root(&flags.namespace), "--log"])
+            .arg(dir.join("log.json"))
+            .args(["--log-format", "json", "delete", "--force", &flags.id])
+            .env_remove("NOTIFY_SOCKET");
+        let out = if dir.join(crate::service::task::DELETE_ABANDONED).exists() {
+            Err(std::io::Error::other(
+                "hung when the shim deleted the task; not run again",
+            ))
+        } else {
+            run_bounded(cmd, SHIM_DELETE_RUNTIME_BOUND)
+        };
+        match out {
+            Ok(o) if !o.status.success() => {
+                eprintln!(
+                    "{binary} delete: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            Err(err) => eprintln!("{binary} delete: {err}"),
+            _ => {}
         }
-        Err(err) => eprintln!("{binary} delete: {err}"),
-        _ => {}
     }
     crate::mount::unmount_all(&dir.join("rootfs")).map_err(|err| err.to_string())?;
     clean_up_dead_shim(&dir, &flags.namespace);

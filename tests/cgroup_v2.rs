@@ -486,7 +486,7 @@ async fn systemd_pod(env: &Env, handler: &str, shim_cgroup: Option<&Path>, units
         let id = rt
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(container_config(name, script, memory)),
+                config: Some(limited_container(name, script, memory)),
                 sandbox_config: Some(cfg.clone()),
             })
             .await

@@ -13,7 +13,8 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use containerd_shim_protos::shim::shim::{
-    ConnectRequest, ConnectResponse, DeleteResponse, ShutdownRequest,
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteResponse,
+    ShutdownRequest,
 };
 
 fn shim() -> Command {
@@ -167,8 +168,18 @@ fn delete_is_idempotent_and_reports_a_kill() {
             .output()
             .unwrap()
     };
-    // Without the `runtime` record there is nothing to act on: an error.
-    assert!(!run().status.success());
+    // Without the `runtime` record (Create never began) nothing ran in the
+    // runtime: nothing to delete there, the rest is cleaned up as usual.
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        DeleteResponse::parse_from_bytes(&out.stdout).unwrap().pid,
+        0
+    );
     std::fs::write(bundle.join("runtime"), "").unwrap();
     std::fs::write(bundle.join("init.pid"), "4242").unwrap();
     for _ in 0..2 {
@@ -183,6 +194,73 @@ fn delete_is_idempotent_and_reports_a_kill() {
         assert!(resp.exited_at.is_some());
     }
     let _ = std::fs::remove_dir_all("/run/containerd/runc/cli-test-del");
+}
+
+/// A Create that fails at the rootfs mount has already recorded the
+/// runtime, so containerd's cleanup (`shim delete`) works; nothing stays
+/// mounted. Options a shim must never get are refused as invalid.
+#[test]
+fn a_create_that_fails_at_the_mount_leaves_a_bundle_delete_cleans() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = dir.path().join("containerd.sock").display().to_string();
+    let bundle = dir.path().join("failed");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), "{}").unwrap();
+    let addr = start_in(&bundle, &address, "failed");
+    let create = |options: &[&str]| {
+        let req = CreateTaskRequest {
+            id: "failed".into(),
+            bundle: bundle.display().to_string(),
+            rootfs: vec![containerd_shim_protos::types::mount::Mount {
+                type_: "nosuchfs".into(),
+                source: "none".into(),
+                options: options.iter().map(|o| o.to_string()).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        common::ttrpc_call::<_, CreateTaskResponse>(&addr, "Create", &req).unwrap_err()
+    };
+    let err = create(&["ro"]);
+    assert!(
+        format!("{err:?}").contains("mount nosuchfs none on"),
+        "{err:?}"
+    );
+    let err = create(&["X-containerd.mkdir.path=/x"]);
+    assert!(
+        matches!(
+            err,
+            wedge::ttrpc::ClientError::Status {
+                code: containerd_shim_protos::ttrpc::Code::INVALID_ARGUMENT,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(bundle.join("runtime").exists());
+    let _: containerd_shim_protos::protobuf::well_known_types::empty::Empty =
+        call(&addr, "Shutdown", &ShutdownRequest::default());
+    let out = shim()
+        .args([
+            "-namespace",
+            "cli-test",
+            "-address",
+            &address,
+            "-id",
+            "failed",
+            "delete",
+        ])
+        .current_dir(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(dir.path().to_str().unwrap()), "{mounts}");
+    forget_runc_root();
 }
 
 /// The fields of a `RuntimeInfo` (`-info`'s output).

@@ -27,6 +27,7 @@ both_installs!(
     kill_after_runtime_deleted_the_container,
     events_are_published_in_order,
     dead_shim_is_cleaned_up_by_delete,
+    an_image_of_81_layers_runs,
 );
 
 fn code_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Code {
@@ -540,5 +541,33 @@ fn dead_shim_is_cleaned_up_by_delete(install: Install) {
     }
     let _ = env.ctr(&["task", "rm", "orphan"]);
     assert!(env.ctr(&["container", "rm", "orphan"]).status.success());
+    env.assert_clean();
+}
+
+/// An image of 81 layers: containerd's overlay options for it pass a page,
+/// so the shim mounts from the layers' common folder with relative
+/// lowerdirs, as containerd does; every layer is there.
+fn an_image_of_81_layers_runs(install: Install) {
+    let env = Env::start(install);
+    let tar = many_layers_tar();
+    let out = env.ctr(&["images", "import", tar.to_str().unwrap()]);
+    assert!(out.status.success(), "import: {}", stderr(&out));
+    env.track("layered");
+    let out = env.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        install.runtime(),
+        MANY_LAYERS_IMAGE,
+        "layered",
+        "sh",
+        "-c",
+        "ls /layers | wc -l; cat /layers/1 /layers/80; echo written > /new; cat /new",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).split_whitespace().collect::<Vec<_>>(),
+        ["80", "1", "80", "written"]
+    );
     env.assert_clean();
 }

@@ -447,6 +447,10 @@ impl TaskService {
                 options: m.options.clone(),
             })
             .collect();
+        // The bundle's options and `runtime` first: `shim delete` reads them
+        // to clean up after a Create that fails anywhere below.
+        opts.write_bundle_files(bundle)
+            .map_err(|e| Error::Unknown(format!("write bundle options: {e}")))?;
         let mounted = !mounts.is_empty();
         if mounted {
             if !rootfs.exists() {
@@ -463,8 +467,6 @@ impl TaskService {
             }
             e
         };
-        opts.write_bundle_files(bundle)
-            .map_err(|e| undo(Error::Unknown(format!("write bundle options: {e}"))))?;
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),

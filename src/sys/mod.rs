@@ -315,3 +315,233 @@ pub fn trim_code_residency() {
         }
     }
 }
+
+/// Sets `MOUNT_ATTR_IDMAP` with the user namespace `userns` on the detached
+/// mount tree `tree` (from `open_tree(OPEN_TREE_CLONE)`).
+pub fn mount_setattr_idmap(
+    tree: std::os::fd::BorrowedFd<'_>,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<()> {
+    /// `struct mount_attr` (linux/mount.h).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: mount_setattr reads `size` bytes from `attr`, a live repr(C)
+    // struct of exactly that size; the path is an empty NUL-terminated string
+    // (AT_EMPTY_PATH: `tree` itself); both fds are borrowed for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A child process waiting in a new user namespace of its own (whose
+/// mappings the parent writes, then opens `/proc/PID/ns/user`). Dropping it
+/// kills and reaps the child.
+pub struct UsernsChild {
+    pid: i32,
+}
+
+impl UsernsChild {
+    /// Forks the child; returns once it is in its new user namespace.
+    pub fn spawn() -> io::Result<UsernsChild> {
+        use rustix::pipe::{pipe_with, PipeFlags};
+        let (ready_r, ready_w) = pipe_with(PipeFlags::CLOEXEC)?;
+        // SAFETY: between fork and its death the child calls only async-
+        // signal-safe functions (prctl, unshare, write, close_range, pause)
+        // on descriptors opened before the fork; it allocates nothing, takes
+        // no lock and never returns into Rust code.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: see above: the child's whole life, async-signal-safe.
+            // It holds no descriptor once it has said it is ready (none of
+            // the shim's pipes or sockets stays open in it), and dies with
+            // the shim.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                let ok: u8 = u8::from(libc::unshare(libc::CLONE_NEWUSER) == 0);
+                libc::write(ready_w.as_raw_fd(), (&ok as *const u8).cast(), 1);
+                libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        drop(ready_w);
+        let child = UsernsChild { pid };
+        let mut b = [0u8];
+        match rustix::io::read(&ready_r, &mut b) {
+            Ok(1) if b[0] == 1 => Ok(child),
+            Ok(_) => Err(io::Error::other(
+                "unshare(CLONE_NEWUSER) failed in the child",
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+impl Drop for UsernsChild {
+    fn drop(&mut self) {
+        // Reaped here unless the shim's reaper (waitpid(-1)) got it first.
+        let _ = send_signal(self.pid, libc::SIGKILL);
+        let _ = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(self.pid),
+            rustix::process::WaitOptions::empty(),
+        );
+    }
+}
+
+/// Runs `f` on a thread of its own whose working directory is `dir`: the
+/// thread unshares its filesystem context (CLONE_FS) first, so the shim's
+/// own working directory never changes. For mount(2) with relative paths.
+pub fn in_dir<T: Send>(
+    dir: &std::path::Path,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare(CLONE_FS) gives this new thread, before it does
+            // anything else, its own copy of the cwd/root/umask; no other
+            // thread's state changes, and the thread ends after `f`.
+            if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            std::env::set_current_dir(dir)?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the mount thread panicked")))
+    })
+}
+
+/// Attaches `file` to a free loop device with autoclear (the kernel detaches
+/// it when its last user goes: the mount), read-only and with direct I/O as
+/// asked. Returns the device's path and an open fd that holds it until the
+/// mount has taken it.
+pub fn attach_loop(
+    file: &std::path::Path,
+    read_only: bool,
+    direct_io: bool,
+) -> io::Result<(std::path::PathBuf, OwnedFd)> {
+    use rustix::fs::{open, Mode, OFlags};
+    /// `struct loop_info64` (linux/loop.h).
+    #[repr(C)]
+    struct LoopInfo64 {
+        device: u64,
+        inode: u64,
+        rdevice: u64,
+        offset: u64,
+        sizelimit: u64,
+        number: u32,
+        encrypt_type: u32,
+        encrypt_key_size: u32,
+        flags: u32,
+        file_name: [u8; 64],
+        crypt_name: [u8; 64],
+        encrypt_key: [u8; 32],
+        init: [u64; 2],
+    }
+    /// `struct loop_config` (linux/loop.h).
+    #[repr(C)]
+    struct LoopConfig {
+        fd: u32,
+        block_size: u32,
+        info: LoopInfo64,
+        reserved: [u64; 8],
+    }
+    const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+    const LO_FLAGS_READ_ONLY: u32 = 1;
+    const LO_FLAGS_AUTOCLEAR: u32 = 4;
+    const LO_FLAGS_DIRECT_IO: u32 = 16;
+    let mode = if read_only {
+        OFlags::RDONLY
+    } else {
+        OFlags::RDWR
+    };
+    let backing = open(file, mode | OFlags::CLOEXEC, Mode::empty())?;
+    let control = open(
+        "/dev/loop-control",
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut flags = LO_FLAGS_AUTOCLEAR;
+    if read_only {
+        flags |= LO_FLAGS_READ_ONLY;
+    }
+    if direct_io {
+        flags |= LO_FLAGS_DIRECT_IO;
+    }
+    // Another process may take the free device first: ask again.
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device
+        // number; `control` is an open /dev/loop-control.
+        let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let path = std::path::PathBuf::from(format!("/dev/loop{n}"));
+        let dev = open(&path, mode | OFlags::CLOEXEC, Mode::empty())?;
+        let cfg = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            info: LoopInfo64 {
+                device: 0,
+                inode: 0,
+                rdevice: 0,
+                offset: 0,
+                sizelimit: 0,
+                number: 0,
+                encrypt_type: 0,
+                encrypt_key_size: 0,
+                flags,
+                file_name: [0; 64],
+                crypt_name: [0; 64],
+                encrypt_key: [0; 32],
+                init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        // SAFETY: LOOP_CONFIGURE reads one `struct loop_config`, which `cfg`
+        // is (repr(C), the kernel's layout), alive for the call; `dev` is an
+        // open loop device.
+        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
+        if r == 0 {
+            return Ok((path, dev));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBUSY) {
+            return Err(err);
+        }
+    }
+    Err(io::Error::other("no free loop device"))
+}

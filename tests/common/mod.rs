@@ -181,6 +181,20 @@ pub fn pause_tar() -> PathBuf {
     )
 }
 
+/// An image of 81 layers: busybox and 80 more, layer i adding `/layers/i`
+/// (its overlay's options pass a page).
+pub const MANY_LAYERS_IMAGE: &str = "docker.io/library/wedge-many-layers:latest";
+
+/// The archive of [`MANY_LAYERS_IMAGE`].
+pub fn many_layers_tar() -> PathBuf {
+    build_image(
+        "many-layers-oci.tar",
+        MANY_LAYERS_IMAGE,
+        &[("EXTRA_LAYERS", "80")],
+        &e2e_path("many-layers-oci.tar"),
+    )
+}
+
 /// The busybox image as a `docker save` archive (for Docker 20.10's `load`).
 pub fn docker_image_tar() -> PathBuf {
     let docker = e2e_path("busybox-docker.tar");

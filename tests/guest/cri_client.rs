@@ -5,6 +5,7 @@
 //! `tests/cgroup_v2.rs` (guest only).
 
 use crate::common::*;
+use crate::cri_common::container_config;
 use containerd_shim_protos::cgroups_v2::metrics::Metrics;
 use containerd_shim_protos::shim::shim::*;
 use k8s_cri::v1::*;
@@ -18,27 +19,17 @@ pub fn log_excerpt(env: &Env) -> String {
         .join("\n")
 }
 
-pub fn container_config(name: &str, script: &str, memory: i64) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: IMAGE.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            resources: Some(LinuxContainerResources {
-                memory_limit_in_bytes: memory,
-                ..Default::default()
-            }),
+/// [`container_config`] with a memory limit (0: none).
+pub fn limited_container(name: &str, script: &str, memory: i64) -> ContainerConfig {
+    let mut c = container_config(name, script);
+    c.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: memory,
             ..Default::default()
         }),
         ..Default::default()
-    }
+    });
+    c
 }
 
 /// Init's pid and the shim's Stats of a CRI container (namespace k8s.io).

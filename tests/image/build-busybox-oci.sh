@@ -2,8 +2,10 @@
 # Builds a one-layer OCI image archive from Debian's busybox-static, with no
 # registry: `ctr images import` reads it directly. With DOCKER_OUT=FILE it
 # also writes the same image as a `docker save` archive (what Docker 20.10's
-# `docker load` reads).
-#   [IMAGE_CMD='["/bin/sleep","2147483647"]'] build-busybox-oci.sh OUT.tar [IMAGE_NAME]
+# `docker load` reads). With EXTRA_LAYERS=N the image has N more layers
+# above busybox's, layer i adding the file /layers/i (an image of many
+# layers: its overlay options pass a page).
+#   [IMAGE_CMD='["/bin/sleep","2147483647"]'] [EXTRA_LAYERS=N] build-busybox-oci.sh OUT.tar [IMAGE_NAME]
 set -euo pipefail
 out=${1:?usage: build-busybox-oci.sh OUT.tar [IMAGE_NAME]}
 name=${2:-docker.io/library/wedge-busybox:latest}
@@ -27,21 +29,36 @@ chmod 1777 "$root/tmp"
 
 blobs=$work/oci/blobs/sha256
 mkdir -p "$blobs"
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$work/layer.tar" .
-layer_digest=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
-layer_size=$(stat -c %s "$work/layer.tar")
-mv "$work/layer.tar" "$blobs/$layer_digest"
+diff_ids="" manifest_layers="" layer_digests=()
+# add_layer DIR: DIR's content as the next layer.
+add_layer() {
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$1" -cf "$work/layer.tar" .
+  local digest size
+  digest=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+  size=$(stat -c %s "$work/layer.tar")
+  mv "$work/layer.tar" "$blobs/$digest"
+  layer_digests+=("$digest")
+  diff_ids+="${diff_ids:+,}\"sha256:$digest\""
+  manifest_layers+="${manifest_layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$digest\",\"size\":$size}"
+}
+add_layer "$root"
+for i in $(seq 1 "${EXTRA_LAYERS:-0}"); do
+  mkdir -p "$work/extra/$i/layers"
+  echo "$i" >"$work/extra/$i/layers/$i"
+  add_layer "$work/extra/$i"
+done
+layer_digest=${layer_digests[0]}
 
 # IMAGE_CMD (a JSON array) overrides the default command, e.g. for a pod's
 # sandbox ("pause") image that must keep running.
-printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-  "${IMAGE_CMD:-[\"sh\"]}" "$layer_digest" >"$work/config.json"
+printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":%s},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
+  "${IMAGE_CMD:-[\"sh\"]}" "$diff_ids" >"$work/config.json"
 config_digest=$(sha256sum "$work/config.json" | cut -d' ' -f1)
 config_size=$(stat -c %s "$work/config.json")
 mv "$work/config.json" "$blobs/$config_digest"
 
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
-  "$config_digest" "$config_size" "$layer_digest" "$layer_size" >"$work/manifest.json"
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' \
+  "$config_digest" "$config_size" "$manifest_layers" >"$work/manifest.json"
 manifest_digest=$(sha256sum "$work/manifest.json" | cut -d' ' -f1)
 manifest_size=$(stat -c %s "$work/manifest.json")
 mv "$work/manifest.json" "$blobs/$manifest_digest"
