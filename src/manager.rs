@@ -375,17 +375,29 @@ fn shim_alive(path: &Path) -> bool {
     }
 }
 
-/// The socket named by the bundle's `address` file, if no shim answers on
+/// The socket named by the bundle's address (`shim_address`), if no shim answers on
 /// it any more (the daemon died). A live socket (another container of the
 /// group still served) is not returned.
 fn dead_shim_socket(bundle: &Path) -> Option<PathBuf> {
-    let addr = std::fs::read_to_string(bundle.join("address")).ok()?;
+    let addr = shim_address(bundle)?;
     let path = PathBuf::from(addr.trim().trim_start_matches("unix://"));
     let chosen = std::fs::read_link(bundle.join(SOCKET_DIR_LINK)).ok();
     let ours = path
         .parent()
         .is_some_and(|d| d == Path::new(SOCKET_DIR) || chosen.as_deref().is_some_and(|c| d == c));
     (ours && !shim_alive(&path)).then_some(path)
+}
+
+/// The address a bundle's shim served on: its `address` file, or the
+/// `bootstrap.json` containerd 2.x writes for a shim that answered `start`
+/// with a BootstrapResult (the Go shim writes no `address` file there).
+fn shim_address(bundle: &Path) -> Option<String> {
+    if let Ok(a) = std::fs::read_to_string(bundle.join("address")) {
+        return Some(a);
+    }
+    let json = std::fs::read_to_string(bundle.join("bootstrap.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+    Some(v.get("address")?.as_str()?.to_string())
 }
 
 /// What a dead shim left: its socket is removed, and the events it kept for

@@ -571,3 +571,152 @@ fn an_image_of_81_layers_runs(install: Install) {
     );
     env.assert_clean();
 }
+
+/// Whether the shim serving `id` runs the binary at `path` (compared by
+/// content: the file at its path may have been replaced since).
+fn shim_runs(env: &Env, id: &str, path: &std::path::Path) -> bool {
+    let pid = env
+        .shim_pid(id)
+        .unwrap_or_else(|| panic!("no shim for {id}"));
+    std::fs::read(format!("/proc/{pid}/exe")).unwrap() == std::fs::read(path).unwrap()
+}
+
+/// Kills `id`'s shim; containerd then runs the installed binary's `shim
+/// delete` on its bundle, removes the bundle and forgets the task. Returns
+/// once it has.
+fn kill_shim_and_wait(env: &Env, id: &str) {
+    let pid = env.shim_pid(id).unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ls = stdout(&env.ctr(&["task", "ls"]));
+        if !ls.lines().any(|l| l.starts_with(&format!("{id} "))) && !env.bundle(id).exists() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}'s task stayed after its shim died: {ls}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node moves from containerd's Go shim to Wedge installed as the drop-in
+/// and back, with containers running: after each move (and containerd's
+/// restart) the containers of the other shim keep running and stay
+/// manageable (exec, kill, exit codes), new containers run on the installed
+/// binary, and a shim of the other kind that dies is cleaned up by the
+/// installed binary's `shim delete` (container killed, rootfs unmounted,
+/// nothing left).
+#[test]
+fn a_node_moves_between_the_go_shim_and_wedge_with_containers_running() {
+    let mut env = Env::start(Install::Wedge);
+    let run_d = |env: &Env, id: &str, cmd: &[&str]| {
+        env.track(id);
+        let mut args = vec!["run", "-d", "--runtime", RUNC_RUNTIME, IMAGE, id];
+        args.extend_from_slice(cmd);
+        let out = env.ctr(&args);
+        assert!(out.status.success(), "{id}: {}", stderr(&out));
+        env.wait_status(id, "RUNNING");
+    };
+    // Under the Go shim, installed as containerd-shim-runc-v2.
+    env.install_runc_shim(false);
+    env.kill_containerd();
+    env.start_containerd();
+    run_d(&env, "go-a", &["sleep", "600"]);
+    run_d(&env, "go-b", &["sleep", "600"]);
+    run_d(&env, "go-c", &["sh", "-c", "sleep 4; exit 7"]);
+    let go = go_shim_binary();
+    assert!(shim_runs(&env, "go-a", &go));
+
+    // Wedge becomes the drop-in (the same path).
+    env.install_runc_shim(true);
+    env.kill_containerd();
+    env.start_containerd();
+    run_d(&env, "wedge-a", &["sleep", "600"]);
+    run_d(&env, "wedge-b", &["sleep", "600"]);
+    let wedge = env.dir.path().join("bin/containerd-shim-wedge-v2");
+    assert!(shim_runs(&env, "wedge-a", &wedge));
+    // The Go shims still serve their containers.
+    let out = env.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "go-a",
+        "sh",
+        "-c",
+        "echo in-go; exit 3",
+    ]);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(3), "in-go\n"),
+        "{}",
+        stderr(&out)
+    );
+    env.wait_status("go-c", "STOPPED");
+    let ls = stdout(&env.ctr(&["task", "ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("go-c ") && l.contains("STOPPED")),
+        "{ls}"
+    );
+    // A Go shim dies: Wedge's `shim delete` cleans its bundle up.
+    kill_shim_and_wait(&env, "go-b");
+    let (address, ns) = (env.address.clone(), env.ns.clone());
+    let socket = move |id: &str| wedge::manager::socket_path(&address, &ns, id);
+    assert!(
+        !socket("go-b").exists(),
+        "Wedge's delete left the dead Go shim's socket: {}",
+        env.containerd_log()
+            .lines()
+            .filter(|l| l.contains("cleanup") || l.contains("go-b"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(env.ctr(&["container", "rm", "go-b"]).status.success());
+
+    // Back to the Go shim (the same path again).
+    env.install_runc_shim(false);
+    env.kill_containerd();
+    env.start_containerd();
+    run_d(&env, "go-d", &["sleep", "600"]);
+    assert!(shim_runs(&env, "go-d", &go));
+    let out = env.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e2",
+        "wedge-a",
+        "sh",
+        "-c",
+        "echo in-wedge; exit 4",
+    ]);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(4), "in-wedge\n"),
+        "{}\n{}",
+        stderr(&out),
+        env.containerd_log()
+            .lines()
+            .filter(|l| l.contains("wedge-a") || l.contains("level=error"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // A Wedge shim dies: the Go shim's `shim delete` cleans its bundle up.
+    kill_shim_and_wait(&env, "wedge-b");
+    assert!(env.ctr(&["container", "rm", "wedge-b"]).status.success());
+    // (The Go shim's delete leaves a dead shim's socket file behind.)
+    let _ = std::fs::remove_file(socket("wedge-b"));
+
+    for id in ["go-a", "wedge-a", "go-d"] {
+        env.finish(id);
+    }
+    let _ = env.ctr(&["task", "rm", "go-c"]);
+    assert!(env.ctr(&["container", "rm", "go-c"]).status.success());
+    env.assert_clean();
+}

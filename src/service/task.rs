@@ -45,6 +45,9 @@ pub const DELETE_BOUND: Duration = Duration::from_secs(5);
 /// Left in the bundle when Delete went on without `runtime delete`, so that
 /// `shim delete` does not wait for the same hung runtime again.
 pub const DELETE_ABANDONED: &str = "runtime-delete-abandoned";
+/// How long after a container's start the shim lets go of the code pages
+/// creating and starting it touched.
+const CODE_TRIM_DELAY: Duration = Duration::from_secs(1);
 /// Time kept back from a request's deadline to answer it.
 const ANSWER_MARGIN: Duration = Duration::from_millis(200);
 
@@ -276,7 +279,7 @@ impl TaskService {
         if is_init {
             // Durable before it is published: `shim delete` reports it even
             // if this shim dies before containerd hears of the exit.
-            if let Err(e) = crate::exitfile::write(&c.bundle, &info) {
+            if let Err(e) = crate::exitfile::write(&c.bundle, p.pid(), &info) {
                 crate::warn!("record exit of {}: {e}", c.id);
             }
         }
@@ -575,6 +578,13 @@ impl TaskService {
         ev.container_id = c.id.clone();
         ev.pid = init.pid();
         self.events.publish(Event::start(&ev));
+        // Creating and starting ran code a running container's shim does not
+        // need resident: let go of it once the start has settled (it faults
+        // back in, a page at a time, if run again).
+        tokio::spawn(async {
+            tokio::time::sleep(CODE_TRIM_DELAY).await;
+            crate::sys::trim_code_residency();
+        });
         Ok(StartResponse {
             pid: init.pid(),
             ..Default::default()

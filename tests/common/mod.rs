@@ -134,6 +134,16 @@ fn wedge_binary() -> PathBuf {
     }
 }
 
+/// containerd's Go shim for the containerd under test: beside it
+/// (`WEDGE_CONTAINERD_DIR`), else the system's.
+pub fn go_shim_binary() -> PathBuf {
+    let beside = containerd_bin("containerd-shim-runc-v2");
+    if beside.is_absolute() && beside.exists() {
+        return beside;
+    }
+    PathBuf::from("/usr/bin/containerd-shim-runc-v2")
+}
+
 /// Builds (once) an image archive `target/e2e/<file>` named `name`, with
 /// extra environment for the build script (IMAGE_CMD, DOCKER_OUT), and
 /// returns its path. `made` is the file whose existence means "built".
@@ -240,6 +250,23 @@ impl Env {
     /// The hanging runc wrapper's path.
     pub fn hang_runc(&self) -> PathBuf {
         self.dir.path().join("bin").join(HANG_RUNC)
+    }
+
+    /// Installs Wedge (`wedge`) or the Go shim of the containerd under test
+    /// as `containerd-shim-runc-v2` first on containerd's PATH, replacing
+    /// what was there, as a package upgrade or rollback does (containerd
+    /// remembers that path for the shims it started). containerd resolves
+    /// shim binaries once: restart it after.
+    pub fn install_runc_shim(&self, wedge: bool) {
+        let at = self.dir.path().join("bin/containerd-shim-runc-v2");
+        let from = if wedge {
+            wedge_binary()
+        } else {
+            go_shim_binary()
+        };
+        let tmp = at.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(tmp, at).unwrap();
     }
 
     /// Makes the wrapper's `exec` take `secs` seconds (0: as fast as runc),
