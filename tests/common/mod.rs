@@ -357,7 +357,8 @@ impl Env {
     }
 
     /// Like [`Env::start_with`], with `extra` appended to containerd's
-    /// config (e.g. more CRI runtime handlers).
+    /// config (e.g. more CRI runtime handlers; `@BIN@` names the env's bin
+    /// folder, where Wedge's copies are).
     pub fn start_custom(install: Install, cri: bool, extra: &str) -> Env {
         Env::start_inner(install, cri, extra, true)
     }
@@ -440,7 +441,8 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
                 d = d.display()
             ));
         }
-        config.push_str(extra);
+        // `@BIN@` in the extra config: the env's own bin folder (Wedge's copies).
+        config.push_str(&extra.replace("@BIN@", &bin.display().to_string()));
         std::fs::write(d.join("config.toml"), config).unwrap();
         let containerd = spawn_containerd(d);
         let ns = format!(
