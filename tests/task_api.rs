@@ -603,6 +603,50 @@ fn oom_kill_is_reported_before_the_exit() {
     env.assert_clean();
 }
 
+/// containerd 2.3+'s CRI asks for Stats after a 137 exit, before Delete,
+/// to read the OOM-kill count: the exited container's Stats still answer,
+/// with the kill counted.
+#[test]
+fn stats_after_an_oom_exit_count_the_kill() {
+    let env = Env::start(I);
+    let out = env.run(
+        "oomed",
+        &["-d", "--memory-limit", "33554432"],
+        &["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=4"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("oomed", "STOPPED");
+    assert_eq!(env.state("oomed", "").exit_status, 137);
+    let r: StatsResponse = env
+        .shim_call(
+            "oomed",
+            "Stats",
+            &StatsRequest {
+                id: "oomed".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let any = r.stats.unwrap();
+    let kills = match any.type_url.as_str() {
+        "io.containerd.cgroups.v1.Metrics" => {
+            let m = Metrics::parse_from_bytes(&any.value).unwrap();
+            m.memory_oom_control.oom_kill
+        }
+        "io.containerd.cgroups.v2.Metrics" => {
+            let m =
+                containerd_shim_protos::cgroups_v2::metrics::Metrics::parse_from_bytes(&any.value)
+                    .unwrap();
+            m.memory_events.oom_kill
+        }
+        other => panic!("stats of type {other}"),
+    };
+    assert!(kills >= 1, "OOM kills in Stats after the exit: {kills}");
+    assert!(env.ctr(&["task", "rm", "oomed"]).status.success());
+    assert!(env.ctr(&["container", "rm", "oomed"]).status.success());
+    env.assert_clean();
+}
+
 #[test]
 fn failed_checkpoint_names_the_criu_log() {
     let env = Env::start(I);
