@@ -511,7 +511,6 @@ fn dead_shim_is_cleaned_up_by_delete(install: Install) {
     let out = env.run("orphan", &["-d"], &["sleep", "600"]);
     assert!(out.status.success(), "{}", stderr(&out));
     env.wait_status("orphan", "RUNNING");
-    let shim = env.shim_pid("orphan").unwrap();
     let bundle = env.bundle("orphan");
     assert!(std::fs::read_to_string(bundle.join("runtime")).is_ok());
     assert!(std::fs::read_to_string(bundle.join("options.json"))
@@ -519,26 +518,7 @@ fn dead_shim_is_cleaned_up_by_delete(install: Install) {
         .contains("\"BinaryName\""));
     // containerd notices the dead shim and runs `shim delete`, which must
     // kill the container, delete its runtime state and unmount its rootfs.
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &shim.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ls = stdout(&env.ctr(&["task", "ls"]));
-        if !ls
-            .lines()
-            .any(|l| l.starts_with("orphan ") && l.contains("RUNNING"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task still running after its shim died: {ls}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    kill_shim_and_wait(&env, "orphan");
     let _ = env.ctr(&["task", "rm", "orphan"]);
     assert!(env.ctr(&["container", "rm", "orphan"]).status.success());
     env.assert_clean();
