@@ -20,7 +20,22 @@
 //! (open enum, negative for debug and trace), 4 containerd_version, 5 ttrpc
 //! address, 6 gRPC address, 7 containerd binary, 8 repeated Extension
 //! `{ Any value = 1 }` (the runtime options), 9 optional socket_dir.
-//! `BootstrapResult`: 1 version, 2 address, 3 protocol.
+//! `BootstrapResult`: 1 version, 2 address, 3 protocol, (4 capabilities,
+//! 5 metadata, and since containerd 2.4, 6 repeated Extension: a
+//! `containerd.types.MountCapabilities { repeated string types = 1;
+//! repeated string transforms = 2 }` there names the mount types and
+//! transforms a shim performs itself, so that containerd's mount manager
+//! skips them).
+//!
+//! Wedge declares no mount capabilities, as the Go shim declares none. The
+//! mount manager's types and transforms are not rootfs mounts a runc shim
+//! can take over: `loop` hands later mounts a device node (for VM shims
+//! that pass the image to a guest), `erofs` layers and the `format`,
+//! `mkfs` and `mkdir` transforms need containerd's own state (templates
+//! naming earlier mounts, its mkfs cache, its garbage collector). Left to
+//! containerd, they reach Wedge as the plain mounts it applies: overlay
+//! (idmapped or long), bind, and filesystems with a `loop` option. A shim
+//! that declared them would get mounts it cannot perform.
 //! `containerd.types.RuntimeInfo` (`-info`): 1 name, 2 version `{ version = 1,
 //! revision = 2 }`, 3 options (the Any given on stdin), 4 features (an Any
 //! holding the OCI runtime's `features` JSON), 5 annotations.

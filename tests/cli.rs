@@ -13,8 +13,8 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use containerd_shim_protos::shim::shim::{
-    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteResponse,
-    ShutdownRequest,
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, ShutdownRequest, StartRequest, StartResponse, WaitRequest, WaitResponse,
 };
 
 fn shim() -> Command {
@@ -260,6 +260,123 @@ fn a_create_that_fails_at_the_mount_leaves_a_bundle_delete_cleans() {
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(dir.path().to_str().unwrap()), "{mounts}");
+    forget_runc_root();
+}
+
+/// A rootfs that a fuse snapshotter hands the shim (`fuse3.fuse-overlayfs`)
+/// is mounted through `mount.fuse3`, as containerd's mount code runs it: the
+/// container runs on it, its writes land in the upper dir, and Delete
+/// unmounts it, which ends the fuse daemon (a child of the subreaper shim).
+#[test]
+fn a_fuse_rootfs_is_mounted_through_its_helper() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let address = d.join("containerd.sock").display().to_string();
+    let bundle = d.join("fuse");
+    let (lower, upper, work) = (d.join("lower"), d.join("upper"), d.join("work"));
+    for p in [&bundle, &upper, &work] {
+        std::fs::create_dir(p).unwrap();
+    }
+    for sub in ["bin", "proc", "dev", "sys", "tmp"] {
+        std::fs::create_dir_all(lower.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
+    for tool in ["sh", "grep"] {
+        std::os::unix::fs::symlink("busybox", lower.join("bin").join(tool)).unwrap();
+    }
+    let out = Command::new("runc")
+        .arg("spec")
+        .current_dir(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!([
+        "/bin/sh",
+        "-c",
+        "grep ' / / ' /proc/self/mountinfo | grep -q ' - fuse.fuse-overlayfs ' && echo on-fuse > /written"
+    ]);
+    spec["root"]["readonly"] = false.into();
+    spec["linux"]["cgroupsPath"] = "/cli-test-fuse".into();
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+
+    let addr = start_in(&bundle, &address, "fuse");
+    let req = CreateTaskRequest {
+        id: "fuse".into(),
+        bundle: bundle.display().to_string(),
+        rootfs: vec![containerd_shim_protos::types::mount::Mount {
+            type_: "fuse3.fuse-overlayfs".into(),
+            source: "overlay".into(),
+            options: vec![format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            )],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let _: CreateTaskResponse = call(&addr, "Create", &req);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let rootfs = bundle.join("rootfs");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(&format!(" {} ", rootfs.display()))
+                && l.contains(" - fuse.fuse-overlayfs ")),
+        "{mounts}"
+    );
+    let fuse_daemons = || {
+        common::processes()
+            .into_iter()
+            .filter(|(_, c)| c.contains("fuse-overlayfs") && c.contains(d.to_str().unwrap()))
+            .count()
+    };
+    assert_eq!(fuse_daemons(), 1);
+    let task = |id: &str| StartRequest {
+        id: id.into(),
+        ..Default::default()
+    };
+    let _: StartResponse = call(&addr, "Start", &task("fuse"));
+    let w: WaitResponse = call(
+        &addr,
+        "Wait",
+        &WaitRequest {
+            id: "fuse".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        w.exit_status, 0,
+        "the root the container saw was not the fuse mount"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("written")).unwrap(),
+        "on-fuse\n"
+    );
+    let _: DeleteResponse = call(
+        &addr,
+        "Delete",
+        &DeleteRequest {
+            id: "fuse".into(),
+            ..Default::default()
+        },
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(d.to_str().unwrap()), "{mounts}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fuse_daemons() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the fuse daemon outlived its mount"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _: containerd_shim_protos::protobuf::well_known_types::empty::Empty =
+        call(&addr, "Shutdown", &ShutdownRequest::default());
     forget_runc_root();
 }
 

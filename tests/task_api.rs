@@ -464,6 +464,52 @@ fn binary_logger_gets_exact_bytes_and_only_its_env() {
 }
 
 #[test]
+fn a_binary_v2_logger_must_say_ready_with_a_byte() {
+    let env = Env::start(I);
+    // One that writes its byte gets every byte of both streams.
+    let dir = run_with_logger_scheme(
+        &env,
+        "binary-v2",
+        "l2",
+        "record-v2.sh",
+        &["sh", "-c", "seq 1 100000; seq 1 2000 | sed s/^/e/ >&2"],
+        Duration::from_secs(10),
+    );
+    let want_out: String = (1..=100000).map(|i| format!("{i}\n")).collect();
+    let want_err: String = (1..=2000).map(|i| format!("e{i}\n")).collect();
+    assert!(
+        std::fs::read_to_string(dir.join("stdout")).unwrap() == want_out,
+        "stdout differs"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("stderr")).unwrap(),
+        want_err
+    );
+
+    // One that closes its ready pipe without a byte (fine for binary://)
+    // has failed: the task is not created, the error says why, and the
+    // logger is not left running.
+    let (dir, uri) = logger_uri(&env, "binary-v2", "l2x", "record.sh");
+    let out = env.run("l2x", &["--rm", "--log-uri", &uri], &["echo", "lost"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("logging binary did not call ready"),
+        "{}",
+        stderr(&out)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes()
+        .iter()
+        .any(|(_, c)| c.contains(dir.to_str().unwrap()))
+    {
+        assert!(Instant::now() < deadline, "the logger was left running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = env.ctr(&["container", "rm", "l2x"]);
+    env.assert_clean();
+}
+
+#[test]
 fn a_crashing_logger_does_not_stop_the_container() {
     let env = Env::start(I);
     let logger = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/loggers/crash.sh");

@@ -1,7 +1,9 @@
 //! `binary://` logging drivers, with containerd's protocol: the logger is
 //! started with only `CONTAINER_ID` and `CONTAINER_NAMESPACE` in its
 //! environment, the container's stdout on fd 3, stderr on fd 4 and a ready
-//! pipe on fd 5; the shim waits until it writes a byte to fd 5 or closes it.
+//! pipe on fd 5; the shim waits until it writes a byte to fd 5 or, for a
+//! `binary://` logger, closes it (a `binary-v2://` logger that closes it
+//! without a byte has failed, as containerd 2.2+ defines the scheme).
 //! On close: EOF on its pipes, then SIGTERM, then SIGKILL after 12 s.
 //!
 //! The shim keeps its own read end of both pipes: if the logger dies, the
@@ -19,6 +21,7 @@ use rustix::process::{kill_process, Pid, Signal};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
+use super::Ready;
 use crate::reaper::Reaper;
 
 /// How long the logger may take to report ready.
@@ -48,9 +51,11 @@ pub fn args_from_query(query: &str) -> Vec<String> {
 impl Logger {
     /// Starts the logger with the read ends of the container's stdout and
     /// stderr pipes and waits until it is ready.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         path: &PathBuf,
         args: &[String],
+        ready_when: Ready,
         namespace: &str,
         id: &str,
         stdout_r: &OwnedFd,
@@ -83,6 +88,12 @@ impl Logger {
         let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_r)?;
         let mut b = [0u8; 1];
         match tokio::time::timeout(READY_TIMEOUT, ready.read(&mut b)).await {
+            Ok(Ok(0)) if ready_when == Ready::Byte => {
+                logger.kill();
+                Err(io::Error::other(
+                    "logging binary did not call ready (it may have crashed or exited prematurely)",
+                ))
+            }
             Ok(Ok(_)) => Ok(logger),
             Ok(Err(e)) => {
                 logger.kill();
@@ -178,9 +189,18 @@ mod tests {
             .unwrap();
         let (r1, w1) = pipe_with(PipeFlags::CLOEXEC).unwrap();
         let (r2, w2) = pipe_with(PipeFlags::CLOEXEC).unwrap();
-        let logger = Logger::start(&script, &[], "ns", "c", &r1, &r2, &reaper)
-            .await
-            .unwrap();
+        let logger = Logger::start(
+            &script,
+            &[],
+            Ready::ByteOrClose,
+            "ns",
+            "c",
+            &r1,
+            &r2,
+            &reaper,
+        )
+        .await
+        .unwrap();
         let exited = logger.exited();
         drop((w1, w2));
         logger.stop(Duration::from_millis(200)).await;
@@ -190,6 +210,60 @@ mod tests {
             "term\n",
             "it got SIGTERM, not SIGKILL"
         );
+    }
+
+    // Reaps with waitpid(-1): run under nextest (one process per test).
+    #[tokio::test]
+    async fn a_binary_v2_logger_is_ready_only_with_a_byte() {
+        let reaper = Reaper::new();
+        tokio::spawn(reaper.clone().run());
+        let d = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            p
+        };
+        // Closes its ready pipe without a byte, then lives on.
+        let closes = script("closes.sh", "exec 5>&-\nexec /bin/sleep 30\n");
+        // Writes the byte, closes the pipe, then lives on.
+        let says = script("says.sh", "printf r >&5\nexec 5>&-\nexec /bin/sleep 30\n");
+        let (r1, _w1) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let (r2, _w2) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+
+        let err = Logger::start(&closes, &[], Ready::Byte, "ns", "c", &r1, &r2, &reaper)
+            .await
+            .err()
+            .expect("a closed pipe is not ready under binary-v2");
+        assert_eq!(
+            err.to_string(),
+            "logging binary did not call ready (it may have crashed or exited prematurely)"
+        );
+        // binary:// takes the same close as ready.
+        let legacy = Logger::start(
+            &closes,
+            &[],
+            Ready::ByteOrClose,
+            "ns",
+            "c",
+            &r1,
+            &r2,
+            &reaper,
+        )
+        .await
+        .unwrap();
+        let v2 = Logger::start(&says, &[], Ready::Byte, "ns", "c", &r1, &r2, &reaper)
+            .await
+            .unwrap();
+        for l in [&legacy, &v2] {
+            l.kill();
+            let mut exited = l.exited();
+            tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| *e))
+                .await
+                .expect("killed logger reaped")
+                .unwrap();
+        }
     }
 
     #[test]

@@ -69,8 +69,18 @@ pub enum Target {
     Fifo(PathBuf),
     /// A file the shim appends to, created if needed.
     File(PathBuf),
-    /// A logger binary and its arguments.
-    Binary(PathBuf, Vec<String>),
+    /// A logger binary, its arguments, and how it reports ready.
+    Binary(PathBuf, Vec<String>, Ready),
+}
+
+/// How a logger binary says it is ready (the URI's scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// `binary://`: a byte on its ready pipe, or the pipe closed.
+    ByteOrClose,
+    /// `binary-v2://` (containerd 2.2+): a byte on its ready pipe; a pipe
+    /// closed without one means the logger failed.
+    Byte,
 }
 
 /// The three stdio URIs of a process.
@@ -108,9 +118,14 @@ pub fn parse_target(uri: &str) -> Result<Target, StdioError> {
     match scheme {
         "fifo" => Ok(Target::Fifo(absolute(path)?)),
         "file" => Ok(Target::File(absolute(path)?)),
-        "binary" => Ok(Target::Binary(
+        "binary" | "binary-v2" => Ok(Target::Binary(
             absolute(path)?,
             logger::args_from_query(query),
+            if scheme == "binary" {
+                Ready::ByteOrClose
+            } else {
+                Ready::Byte
+            },
         )),
         other => Err(StdioError::UnknownScheme(other.to_string())),
     }
@@ -371,12 +386,13 @@ impl ProcessIo {
 
         // A logger takes both streams' pipes.
         let mut logger_stdout_w = None;
-        if let Target::Binary(path, args) = &stdout_t {
+        if let Target::Binary(path, args, ready) = &stdout_t {
             let (r1, w1) = pipe()?;
             let (r2, w2) = pipe()?;
             let logger = Logger::start(
                 path,
                 args,
+                *ready,
                 owner.namespace,
                 owner.id,
                 &r1,
@@ -737,9 +753,22 @@ mod tests {
             parse_target("binary:///usr/bin/logger?id=x&verbose").unwrap(),
             Target::Binary(
                 "/usr/bin/logger".into(),
-                vec!["id".into(), "x".into(), "verbose".into()]
+                vec!["id".into(), "x".into(), "verbose".into()],
+                Ready::ByteOrClose
             )
         );
+        assert_eq!(
+            parse_target("binary-v2:///usr/bin/logger?id=x").unwrap(),
+            Target::Binary(
+                "/usr/bin/logger".into(),
+                vec!["id".into(), "x".into()],
+                Ready::Byte
+            )
+        );
+        assert!(matches!(
+            parse_target("binary-v2://relative"),
+            Err(StdioError::BadUri(_))
+        ));
         assert!(matches!(
             parse_target("file://relative"),
             Err(StdioError::BadUri(_))

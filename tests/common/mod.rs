@@ -324,12 +324,19 @@ pub fn hung_runtime_calls(shim: u32) -> (Vec<u32>, Vec<u32>) {
 /// `tests/loggers/<script>` (which writes into a fresh folder), waits until
 /// the logger has finished, and returns that folder.
 pub fn run_with_logger(env: &Env, id: &str, script: &str, cmd: &[&str], wait: Duration) -> PathBuf {
-    let dir = env.dir.path().join(format!("logger-{id}"));
-    std::fs::create_dir(&dir).unwrap();
-    let logger = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/loggers")
-        .join(script);
-    let uri = format!("binary://{}?dir={}", logger.display(), dir.display());
+    run_with_logger_scheme(env, "binary", id, script, cmd, wait)
+}
+
+/// [`run_with_logger`] with the URI scheme given (`binary`, `binary-v2`).
+pub fn run_with_logger_scheme(
+    env: &Env,
+    scheme: &str,
+    id: &str,
+    script: &str,
+    cmd: &[&str],
+    wait: Duration,
+) -> PathBuf {
+    let (dir, uri) = logger_uri(env, scheme, id, script);
     let out = env.run(id, &["--rm", "--log-uri", &uri], cmd);
     assert!(out.status.success(), "{}", stderr(&out));
     let deadline = Instant::now() + wait;
@@ -338,6 +345,18 @@ pub fn run_with_logger(env: &Env, id: &str, script: &str, cmd: &[&str], wait: Du
         std::thread::sleep(Duration::from_millis(50));
     }
     dir
+}
+
+/// A fresh folder for a logger of container `id` and the `scheme://` URI
+/// that runs `tests/loggers/<script>` writing into it.
+pub fn logger_uri(env: &Env, scheme: &str, id: &str, script: &str) -> (PathBuf, String) {
+    let dir = env.dir.path().join(format!("logger-{id}"));
+    std::fs::create_dir(&dir).unwrap();
+    let logger = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/loggers")
+        .join(script);
+    let uri = format!("{scheme}://{}?dir={}", logger.display(), dir.display());
+    (dir, uri)
 }
 
 impl Env {
