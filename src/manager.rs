@@ -413,6 +413,14 @@ fn clean_up_dead_shim(bundle: &Path, namespace: &str) {
     if records.is_empty() {
         return;
     }
+    if store.is_held() {
+        // The shim was shut down and stays until containerd takes them.
+        eprintln!(
+            "the shim is still delivering {} events containerd had not taken",
+            records.len()
+        );
+        return;
+    }
     let topics: Vec<String> = records
         .iter()
         .filter_map(|r| {

@@ -7,7 +7,10 @@
 //! Shutdown: on the `Shutdown` RPC once no container remains, or on SIGTERM /
 //! SIGINT (containers keep running, orphaned). Queued events get up to 5 s to
 //! be sent or kept in the event store (`<socket>.events`), then the socket
-//! file is removed and the process exits.
+//! file is removed and the process exits. After a Shutdown (no container
+//! left, so no `shim delete` will read the store) kept events are delivered
+//! first, for up to [`KEPT_EVENTS_LINGER`]; what containerd did not take by
+//! then is logged and dropped.
 //!
 //! Upgrade in place ([`crate::upgrade`]): on the control call or SIGUSR2 the
 //! daemon hands everything over to the binary installed at its own path; an
@@ -26,6 +29,12 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::container::ContainerHandover;
+
+/// How long a shim told to shut down stays to deliver the events it kept
+/// while containerd was away (containerd restarting deletes the tasks whose
+/// processes ended meanwhile, and shuts their shims down, while it is still
+/// loading: before it takes events). Its socket is already gone.
+const KEPT_EVENTS_LINGER: Duration = Duration::from_secs(60);
 use crate::events::{Encoded, Publisher};
 use crate::flags::Flags;
 use crate::reaper::{become_subreaper, Reaper};
@@ -436,10 +445,12 @@ async fn serve(
     let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| format!("signals: {e}"))?;
     // Started: what start-up alone ran need not stay resident.
     crate::sys::trim_code_residency();
+    let mut asked = false;
     loop {
         tokio::select! {
             _ = d.shutdown.notified() => {
                 crate::info!("shutdown requested");
+                asked = true;
                 break;
             }
             _ = term.recv() => {
@@ -459,10 +470,26 @@ async fn serve(
             }
         }
     }
+    // After a Shutdown, events containerd did not take (it was down when
+    // they happened, and is still loading when it deletes the task and shuts
+    // the shim down) are delivered before this process goes. The store is
+    // held from before the socket goes: `shim delete`, which containerd runs
+    // as soon as it sees the connection close, leaves them to us.
+    let store = d
+        .socket
+        .as_deref()
+        .filter(|_| asked)
+        .map(crate::events::Store::for_socket)
+        .filter(|s| !s.is_empty());
+    let held = store.as_ref().and_then(|s| s.hold().ok());
     if let Some(p) = &d.socket {
         let _ = std::fs::remove_file(p);
     }
     let drained = d.events.flush(Duration::from_secs(5)).await;
+    if let (Some(store), Some(_)) = (&store, &held) {
+        d.events.deliver_kept(store, KEPT_EVENTS_LINGER).await;
+    }
+    drop(held);
     // Let the Shutdown response reach the client.
     tokio::time::sleep(Duration::from_millis(20)).await;
     if !drained {

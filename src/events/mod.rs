@@ -213,6 +213,37 @@ impl Publisher {
         self.seen.notify_one();
     }
 
+    /// Waits until `store` holds no kept event (the forwarder replayed them
+    /// all), for at most `limit` (the caller holds the store: [`Store::hold`]), telling the forwarder every second that
+    /// containerd may be back. What is still kept then is dropped, said in
+    /// the log, and the store file removed: nobody would read it after this
+    /// shim exits. Returns whether every kept event was delivered.
+    pub async fn deliver_kept(&self, store: &Store, limit: Duration) -> bool {
+        if store.is_empty() {
+            return true;
+        }
+        crate::info!("shutting down with kept events: delivering them first");
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut nudge = tokio::time::Instant::now();
+        while !store.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                let lost = store.load().map(|r| r.len()).unwrap_or_default();
+                crate::error!(
+                    "containerd took none of {lost} kept events within {limit:?} of the shim's \
+                     shutdown: dropping them"
+                );
+                let _ = std::fs::remove_file(store.path());
+                return false;
+            }
+            if tokio::time::Instant::now() >= nudge {
+                self.containerd_seen();
+                nudge += Duration::from_secs(1);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     /// A publisher whose events are received by the returned channel (tests).
     pub fn channel() -> (Publisher, mpsc::UnboundedReceiver<Event>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -638,5 +669,68 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "store not emptied");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A shim told to shut down while it keeps events (containerd deleted
+    /// its task while still loading) delivers them once containerd takes
+    /// events, even though its probe backoff had grown long; if containerd
+    /// never does, the kept events are dropped and the store file removed.
+    #[tokio::test]
+    async fn kept_events_are_delivered_before_a_shutdown_completes() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("ttrpc.sock");
+        let store = Store::for_socket(&d.path().join("shim.sock"));
+        let timing = Timing {
+            retries: 1,
+            retry_delay: Duration::from_millis(10),
+            grace: Duration::from_millis(50),
+            // Probes as long apart as a real shim's after a long outage.
+            probe: (Duration::from_secs(60), Duration::from_secs(60)),
+        };
+        let p = Publisher::spawn_with(
+            path.display().to_string(),
+            "ns1".into(),
+            Some(store.clone()),
+            timing,
+            Vec::new(),
+        );
+        p.publish(Event::exit(&TaskExit::new()));
+        p.publish(Event::delete(&TaskDelete::new()));
+        assert!(p.flush(Duration::from_secs(5)).await);
+        assert_eq!(store.load().unwrap().len(), 2);
+        let sink = Arc::new(Sink::default());
+        let (path2, sink2) = (path.clone(), sink.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let listener = tokio::net::UnixListener::bind(&path2).unwrap();
+            serve(listener, sink2).await
+        });
+        let held = store.hold().unwrap();
+        assert!(p.deliver_kept(&store, Duration::from_secs(20)).await);
+        drop(held);
+        let topics: Vec<String> = sink
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|g| g.1.clone())
+            .collect();
+        assert_eq!(topics, ["/tasks/exit", "/tasks/delete"]);
+        assert!(!store.path().exists());
+
+        // containerd never takes them: dropped within the limit, file gone.
+        let _ = std::fs::remove_file(&path);
+        let lone = Publisher::spawn_with(
+            d.path().join("nobody.sock").display().to_string(),
+            "ns1".into(),
+            Some(store.clone()),
+            timing,
+            Vec::new(),
+        );
+        lone.publish(Event::exit(&TaskExit::new()));
+        assert!(lone.flush(Duration::from_secs(5)).await);
+        assert!(!store.is_empty());
+        assert!(!lone.deliver_kept(&store, Duration::from_millis(500)).await);
+        assert!(!store.path().exists());
     }
 }

@@ -11,6 +11,12 @@
 //!
 //! Bounded: past [`MAX_BYTES`] the oldest records are dropped (and counted
 //! in the shim's log). The file is removed once it is empty.
+//!
+//! A shim that was told to shut down while it keeps events stays to deliver
+//! them, its socket already gone: it holds a lock on `<socket>.events.lock`
+//! meanwhile ([`Store::hold`]), so that `shim delete`, which containerd runs
+//! when it sees the connection close, leaves the events to it
+//! ([`Store::is_held`]) instead of taking them for a dead shim's.
 
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -75,6 +81,46 @@ impl Store {
         Ok(0)
     }
 
+    fn lock_path(&self) -> PathBuf {
+        let mut p = self.path.as_os_str().to_owned();
+        p.push(".lock");
+        PathBuf::from(p)
+    }
+
+    /// Marks the store as being delivered by this process, until the
+    /// returned guard is dropped (or the process ends).
+    pub fn hold(&self) -> io::Result<Held> {
+        let path = self.lock_path();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        Ok(Held { _file: f, path })
+    }
+
+    /// Whether a live shim holds the store ([`Store::hold`]). A lock file
+    /// left by a process that is gone is removed.
+    pub fn is_held(&self) -> bool {
+        let path = self.lock_path();
+        let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        else {
+            return false;
+        };
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&path);
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Every kept record, oldest first.
     pub fn load(&self) -> io::Result<Vec<Vec<u8>>> {
         let data = match std::fs::read(&self.path) {
@@ -112,9 +158,39 @@ impl Store {
     }
 }
 
+/// The lock of a store being delivered ([`Store::hold`]); removed on drop.
+#[derive(Debug)]
+pub struct Held {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_store_is_seen_held_until_let_go() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::for_socket(&d.path().join("sock"));
+        assert!(!s.is_held());
+        let held = s.hold().unwrap();
+        assert!(s.is_held());
+        assert!(s.hold().is_err(), "one holder at a time");
+        drop(held);
+        assert!(!s.is_held());
+        assert!(!s.lock_path().exists());
+        // A lock file nobody holds (its process died) is not a holder.
+        std::fs::write(s.lock_path(), "").unwrap();
+        assert!(!s.is_held());
+        assert!(!s.lock_path().exists());
+    }
 
     #[test]
     fn keeps_order_survives_a_torn_tail_and_is_bounded() {
