@@ -239,6 +239,66 @@ def bench_churn(cd, shim, n, par, rnd):
     return n / (time.perf_counter() - t)
 
 
+def cpu_ns(pid):
+    """CPU time a process has run, all its threads, from the scheduler (ns)."""
+    total = 0
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((t / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def stats_files(ns, cid):
+    """The cgroup v1 files a Stats answer of container `cid` is made of."""
+    base = Path("/sys/fs/cgroup")
+    d = lambda c: base / c / ns / cid
+    names = [("pids", "pids.current"), ("pids", "pids.max"), ("cpuacct", "cpuacct.stat"),
+             ("cpuacct", "cpuacct.usage"), ("cpuacct", "cpuacct.usage_percpu"), ("cpu", "cpu.stat"),
+             ("memory", "memory.stat"), ("memory", "memory.oom_control")]
+    for prefix in ("memory", "memory.memsw", "memory.kmem", "memory.kmem.tcp"):
+        for f in ("usage_in_bytes", "max_usage_in_bytes", "failcnt", "limit_in_bytes"):
+            names.append(("memory", f"{prefix}.{f}"))
+    files = [d(c) / n for c, n in names]
+    for name in ("io_service_bytes_recursive", "io_serviced_recursive"):
+        for p in ("blkio.", "blkio.bfq.", "blkio.throttle."):
+            f = d("blkio") / f"{p}{name}"
+            if f.exists() and f.read_text().strip():
+                files.append(f)
+                break
+    for name in ("io_queued_recursive", "io_service_time_recursive", "io_wait_time_recursive",
+                 "io_merged_recursive", "time_recursive", "sectors_recursive"):
+        files.append(d("blkio") / f"blkio.{name}")
+    for f in sorted(d("hugetlb").glob("hugetlb.*.usage_in_bytes")):
+        size = f.name[len("hugetlb."):-len(".usage_in_bytes")]
+        files += [d("hugetlb") / f"hugetlb.{size}.{k}" for k in ("usage_in_bytes", "max_usage_in_bytes", "failcnt")]
+    return [str(f) for f in files if f.exists()]
+
+
+def bench_stats(cd, calls):
+    """Shim CPU per Stats (`ctr task metrics`), each shim with one idle
+    container, and the floor: a plain program reading the same files."""
+    out = {}
+    for shim in ("wedge", "go"):
+        cid = f"stats-{shim}"
+        cd.run_d(shim, cid, "sleep", "3600")
+        pid = [p for p in cd.shim_pids() if f"-id {cid} " in
+               " ".join(Path(f"/proc/{p}/cmdline").read_text().split("\0"))][0]
+        cd.ctr("task", "metrics", cid)
+        before = cpu_ns(pid)
+        for _ in range(calls):
+            cd.ctr("task", "metrics", cid)
+        out[f"stats-cpu-{shim}"] = (cpu_ns(pid) - before) / calls
+        if shim == "wedge":
+            files = stats_files(cd.ns, cid)
+            r = subprocess.run(["cargo", "bench", "-q", "--bench", "stats_floor", "--", "2000", *files],
+                               cwd=ROOT, check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            out["stats-floor"] = json.loads(r.stdout.decode().strip().splitlines()[-1])
+        cd.remove(cid)
+    return out
+
+
 def med(xs):
     return statistics.median(xs)
 
@@ -275,6 +335,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cri-only", action="store_true", help="only the CRI rows")
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
+    ap.add_argument("--stats-only", action="store_true", help="only the Stats CPU rows")
     ap.add_argument("--out", help="raw samples (default bench/results/latest.json, or cri.json with --cri-only)")
     ap.add_argument("--wedge", required=True, help="the Wedge binary to measure")
     a = ap.parse_args()
@@ -284,6 +345,14 @@ def main():
     churn_n = 20 if a.quick else 100
     raw = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": a.quick,
            "machine": f"{os.cpu_count()} cores, {round(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30)} GiB, {os.uname().release}"}
+    if a.stats_only:
+        cd = Containerd(a.wedge)
+        try:
+            raw.update(bench_stats(cd, 200 if a.quick else 1000))
+        finally:
+            cd.close()
+        print("\n".join(stats_rows(raw)))
+        return
     if not a.cri_only:
         cd = Containerd(a.wedge)
         try:
@@ -329,6 +398,7 @@ def main():
             for i in range(10 if a.quick else 50):
                 for shim in (order if i % 2 == 0 else order[::-1]):
                     raw[f"burst-{shim}"].append(bench_burst(cd, shim, i))
+            raw.update(bench_stats(cd, 200 if a.quick else 1000))
             for shim in order:
                 raw[f"churn-{shim}"] = []
             for r in range(3 if not a.quick else 1):
@@ -390,9 +460,21 @@ def table(raw, mib, churn_n):
     rows.append(f"| 1 MiB burst just before exit, runs byte-exact | {len(bw) - short('burst-wedge')} of {len(bw)} | "
                 f"{len(bg) - short('burst-go')} of {len(bg)} | |")
     row(f"churn: {churn_n} containers, 4 at a time", med(raw["churn-wedge"]), med(raw["churn-go"]), "/s")
+    rows.extend(stats_rows(raw))
     head = [f"Run {raw['date']} on {raw['machine']}{' (quick)' if raw['quick'] else ''}; medians.", "",
             "| measure | Wedge | Go shim | Wedge/Go |", "|---|---|---|---|"]
     return "\n".join(head + rows + cri_table(raw.get("cri", [])))
+
+
+def stats_rows(raw):
+    """Shim CPU per Stats, and the floor beside it."""
+    if "stats-cpu-wedge" not in raw:
+        return []
+    w, g, f = raw["stats-cpu-wedge"] / 1e3, raw["stats-cpu-go"] / 1e3, raw["stats-floor"]
+    return [f"| shim CPU per Stats (`ctr task metrics`, cgroup v1) | {w:.0f} µs | {g:.0f} µs | {w / g:.2f} |",
+            f"| floor: read the same {f['files']} files once (open+read+close / kept open, pread) | "
+            f"{f['open_ns'] / 1e3:.0f} µs / {f['pread_ns'] / 1e3:.0f} µs | | "
+            f"Wedge/floor: {w * 1e3 / f['open_ns']:.2f} / {w * 1e3 / f['pread_ns']:.2f} |"]
 
 
 def cri_table(runs):
