@@ -430,16 +430,11 @@ fn closeio_ends_cat_in_init() {
     env.assert_clean();
 }
 
-#[test]
-fn binary_logger_gets_exact_bytes_and_only_its_env() {
-    let env = Env::start(I);
-    let dir = run_with_logger(
-        &env,
-        "lg",
-        "record.sh",
-        &["sh", "-c", "seq 1 100000; seq 1 2000 | sed s/^/e/ >&2"],
-        Duration::from_secs(10),
-    );
+/// Writes 100,000 numbered lines to stdout and 2,000 to stderr.
+const TWO_STREAMS: &[&str] = &["sh", "-c", "seq 1 100000; seq 1 2000 | sed s/^/e/ >&2"];
+
+/// A logger's folder holds exactly what [`TWO_STREAMS`] wrote.
+fn assert_two_streams(dir: &std::path::Path) {
     let want_out: String = (1..=100000).map(|i| format!("{i}\n")).collect();
     let want_err: String = (1..=2000).map(|i| format!("e{i}\n")).collect();
     assert!(
@@ -450,6 +445,19 @@ fn binary_logger_gets_exact_bytes_and_only_its_env() {
         std::fs::read_to_string(dir.join("stderr")).unwrap(),
         want_err
     );
+}
+
+#[test]
+fn binary_logger_gets_exact_bytes_and_only_its_env() {
+    let env = Env::start(I);
+    let dir = run_with_logger(
+        &env,
+        "lg",
+        "record.sh",
+        TWO_STREAMS,
+        Duration::from_secs(10),
+    );
+    assert_two_streams(&dir);
     let envs = std::fs::read_to_string(dir.join("env")).unwrap();
     let mut names: Vec<&str> = envs.lines().filter(|l| !l.is_empty()).collect();
     names.sort();
@@ -466,25 +474,19 @@ fn binary_logger_gets_exact_bytes_and_only_its_env() {
 #[test]
 fn a_binary_v2_logger_must_say_ready_with_a_byte() {
     let env = Env::start(I);
-    // One that writes its byte gets every byte of both streams.
-    let dir = run_with_logger_scheme(
-        &env,
-        "binary-v2",
-        "l2",
-        "record-v2.sh",
-        &["sh", "-c", "seq 1 100000; seq 1 2000 | sed s/^/e/ >&2"],
-        Duration::from_secs(10),
-    );
-    let want_out: String = (1..=100000).map(|i| format!("{i}\n")).collect();
-    let want_err: String = (1..=2000).map(|i| format!("e{i}\n")).collect();
-    assert!(
-        std::fs::read_to_string(dir.join("stdout")).unwrap() == want_out,
-        "stdout differs"
-    );
-    assert_eq!(
-        std::fs::read_to_string(dir.join("stderr")).unwrap(),
-        want_err
-    );
+    // One that writes its byte gets every byte of both streams, written
+    // just before the exit, run after run.
+    for run in 0..10 {
+        let dir = run_with_logger_scheme(
+            &env,
+            "binary-v2",
+            &format!("l2-{run}"),
+            "record-v2.sh",
+            TWO_STREAMS,
+            Duration::from_secs(10),
+        );
+        assert_two_streams(&dir);
+    }
 
     // One that closes its ready pipe without a byte (fine for binary://)
     // has failed: the task is not created, the error says why, and the

@@ -616,6 +616,24 @@ mod tests {
         );
     }
 
+    /// A publisher to `path` that keeps in `store` what one quick retry does
+    /// not deliver, probing containerd at `probe` intervals.
+    fn keeping(path: &std::path::Path, store: &Store, probe: (Duration, Duration)) -> Publisher {
+        let timing = Timing {
+            retries: 1,
+            retry_delay: Duration::from_millis(10),
+            grace: Duration::from_millis(50),
+            probe,
+        };
+        Publisher::spawn_with(
+            path.display().to_string(),
+            "ns1".into(),
+            Some(store.clone()),
+            timing,
+            Vec::new(),
+        )
+    }
+
     /// containerd is away for longer than the retries: the events are kept,
     /// in order, and replayed once it answers, before any later event; the
     /// store is emptied.
@@ -624,18 +642,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("ttrpc.sock");
         let store = Store::for_socket(&d.path().join("shim.sock"));
-        let timing = Timing {
-            retries: 1,
-            retry_delay: Duration::from_millis(10),
-            grace: Duration::from_millis(50),
-            probe: (Duration::from_millis(20), Duration::from_millis(100)),
-        };
-        let p = Publisher::spawn_with(
-            path.display().to_string(),
-            "ns1".into(),
-            Some(store.clone()),
-            timing,
-            Vec::new(),
+        let p = keeping(
+            &path,
+            &store,
+            (Duration::from_millis(20), Duration::from_millis(100)),
         );
         p.publish(Event::start(&TaskStart::new()));
         p.publish(Event::oom(&TaskOOM::new()));
@@ -680,20 +690,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("ttrpc.sock");
         let store = Store::for_socket(&d.path().join("shim.sock"));
-        let timing = Timing {
-            retries: 1,
-            retry_delay: Duration::from_millis(10),
-            grace: Duration::from_millis(50),
-            // Probes as long apart as a real shim's after a long outage.
-            probe: (Duration::from_secs(60), Duration::from_secs(60)),
-        };
-        let p = Publisher::spawn_with(
-            path.display().to_string(),
-            "ns1".into(),
-            Some(store.clone()),
-            timing,
-            Vec::new(),
-        );
+        // Probes as long apart as a real shim's after a long outage.
+        let long = (Duration::from_secs(60), Duration::from_secs(60));
+        let p = keeping(&path, &store, long);
         p.publish(Event::exit(&TaskExit::new()));
         p.publish(Event::delete(&TaskDelete::new()));
         assert!(p.flush(Duration::from_secs(5)).await);
@@ -720,13 +719,7 @@ mod tests {
 
         // containerd never takes them: dropped within the limit, file gone.
         let _ = std::fs::remove_file(&path);
-        let lone = Publisher::spawn_with(
-            d.path().join("nobody.sock").display().to_string(),
-            "ns1".into(),
-            Some(store.clone()),
-            timing,
-            Vec::new(),
-        );
+        let lone = keeping(&d.path().join("nobody.sock"), &store, long);
         lone.publish(Event::exit(&TaskExit::new()));
         assert!(lone.flush(Duration::from_secs(5)).await);
         assert!(!store.is_empty());

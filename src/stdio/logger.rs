@@ -169,38 +169,44 @@ impl Logger {
 mod tests {
     use super::*;
 
+    /// An executable `#!/bin/sh` script `name` in `dir`.
+    fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    }
+
+    /// Starts `script` as container `c`'s logger on the read ends `r`.
+    async fn start(
+        script: &PathBuf,
+        ready: Ready,
+        r: &(OwnedFd, OwnedFd),
+        reaper: &Arc<Reaper>,
+    ) -> io::Result<Logger> {
+        Logger::start(script, &[], ready, "ns", "c", &r.0, &r.1, reaper).await
+    }
+
     // Reaps with waitpid(-1): run under nextest (one process per test).
     #[tokio::test]
     async fn stop_sends_sigterm_to_a_logger_that_outlives_its_input() {
         let reaper = Reaper::new();
         tokio::spawn(reaper.clone().run());
         let d = tempfile::tempdir().unwrap();
-        let script = d.path().join("logger.sh");
         let mark = d.path().join("term");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\ntrap 'echo term > {}; exit 0' TERM\nexec 5>&-\nwhile :; do /bin/sleep 0.05; done\n",
+        let script = script(
+            d.path(),
+            "logger.sh",
+            &format!(
+                "trap 'echo term > {}; exit 0' TERM\nexec 5>&-\nwhile :; do /bin/sleep 0.05; done\n",
                 mark.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        );
         let (r1, w1) = pipe_with(PipeFlags::CLOEXEC).unwrap();
         let (r2, w2) = pipe_with(PipeFlags::CLOEXEC).unwrap();
-        let logger = Logger::start(
-            &script,
-            &[],
-            Ready::ByteOrClose,
-            "ns",
-            "c",
-            &r1,
-            &r2,
-            &reaper,
-        )
-        .await
-        .unwrap();
+        let logger = start(&script, Ready::ByteOrClose, &(r1, r2), &reaper)
+            .await
+            .unwrap();
         let exited = logger.exited();
         drop((w1, w2));
         logger.stop(Duration::from_millis(200)).await;
@@ -218,21 +224,19 @@ mod tests {
         let reaper = Reaper::new();
         tokio::spawn(reaper.clone().run());
         let d = tempfile::tempdir().unwrap();
-        let script = |name: &str, body: &str| {
-            let p = d.path().join(name);
-            std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
-            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .unwrap();
-            p
-        };
         // Closes its ready pipe without a byte, then lives on.
-        let closes = script("closes.sh", "exec 5>&-\nexec /bin/sleep 30\n");
+        let closes = script(d.path(), "closes.sh", "exec 5>&-\nexec /bin/sleep 30\n");
         // Writes the byte, closes the pipe, then lives on.
-        let says = script("says.sh", "printf r >&5\nexec 5>&-\nexec /bin/sleep 30\n");
+        let says = script(
+            d.path(),
+            "says.sh",
+            "printf r >&5\nexec 5>&-\nexec /bin/sleep 30\n",
+        );
         let (r1, _w1) = pipe_with(PipeFlags::CLOEXEC).unwrap();
         let (r2, _w2) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let r = (r1, r2);
 
-        let err = Logger::start(&closes, &[], Ready::Byte, "ns", "c", &r1, &r2, &reaper)
+        let err = start(&closes, Ready::Byte, &r, &reaper)
             .await
             .err()
             .expect("a closed pipe is not ready under binary-v2");
@@ -241,21 +245,10 @@ mod tests {
             "logging binary did not call ready (it may have crashed or exited prematurely)"
         );
         // binary:// takes the same close as ready.
-        let legacy = Logger::start(
-            &closes,
-            &[],
-            Ready::ByteOrClose,
-            "ns",
-            "c",
-            &r1,
-            &r2,
-            &reaper,
-        )
-        .await
-        .unwrap();
-        let v2 = Logger::start(&says, &[], Ready::Byte, "ns", "c", &r1, &r2, &reaper)
+        let legacy = start(&closes, Ready::ByteOrClose, &r, &reaper)
             .await
             .unwrap();
+        let v2 = start(&says, Ready::Byte, &r, &reaper).await.unwrap();
         for l in [&legacy, &v2] {
             l.kill();
             let mut exited = l.exited();
