@@ -276,19 +276,39 @@ def stats_files(ns, cid):
     return [str(f) for f in files if f.exists()]
 
 
+def shim_of(cd, cid):
+    """The pid of the shim serving container `cid` (its group's first id)."""
+    return [p for p in cd.shim_pids() if f"-id {cid} " in
+            " ".join(Path(f"/proc/{p}/cmdline").read_text().split("\0"))][0]
+
+
+def shim_address(cd, cid):
+    return (cd.dir / "state/io.containerd.runtime.v2.task" / cd.ns / cid / "address").read_text().strip()
+
+
+def stats_load(*args):
+    """bench/stats_load.rs: Stats straight to the shims, as CRI's collector sends them."""
+    r = subprocess.run(["cargo", "bench", "-q", "--bench", "stats_load", "--", *map(str, args)],
+                       cwd=ROOT, check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    out = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    if out["failed"]:
+        raise RuntimeError(f"{out['failed']} of {out['calls']} Stats failed")
+    return out
+
+
 def bench_stats(cd, calls):
-    """Shim CPU per Stats (`ctr task metrics`), each shim with one idle
-    container, and the floor: a plain program reading the same files."""
+    """Shim CPU per Stats (sent straight to the shim on one connection, as
+    containerd does), each shim with one idle container, and the floor: a
+    plain program reading the same files."""
     out = {}
     for shim in ("wedge", "go"):
         cid = f"stats-{shim}"
         cd.run_d(shim, cid, "sleep", "3600")
-        pid = [p for p in cd.shim_pids() if f"-id {cid} " in
-               " ".join(Path(f"/proc/{p}/cmdline").read_text().split("\0"))][0]
-        cd.ctr("task", "metrics", cid)
+        pid = shim_of(cd, cid)
+        addr = shim_address(cd, cid)
+        stats_load("calls", 1, addr, cid)
         before = cpu_ns(pid)
-        for _ in range(calls):
-            cd.ctr("task", "metrics", cid)
+        stats_load("calls", calls, addr, cid)
         out[f"stats-cpu-{shim}"] = (cpu_ns(pid) - before) / calls
         if shim == "wedge":
             files = stats_files(cd.ns, cid)
@@ -296,6 +316,33 @@ def bench_stats(cd, calls):
                                cwd=ROOT, check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
             out["stats-floor"] = json.loads(r.stdout.decode().strip().splitlines()[-1])
         cd.remove(cid)
+    return out
+
+
+def bench_node(cd, n, secs):
+    """The node view: n idle containers per shim, Stats for each once a
+    second for secs seconds (both shims' containers in one run, as one
+    collector); total shim CPU over that time, and the shims' CPU at rest
+    over as long."""
+    ids = {shim: [f"node-{shim}-{i}" for i in range(n)] for shim in ("wedge", "go")}
+    for i in range(n):
+        for shim in ("wedge", "go"):
+            cd.run_d(shim, ids[shim][i], "sleep", "3600")
+    pids = {shim: [shim_of(cd, c) for c in ids[shim]] for shim in ids}
+    targets = [f"{shim_address(cd, c)}={c}" for i in range(n) for c in (ids["wedge"][i], ids["go"][i])]
+    total = lambda shim: sum(cpu_ns(p) for p in pids[shim])
+    time.sleep(5)
+    before = {shim: total(shim) for shim in ids}
+    time.sleep(secs)
+    idle = {shim: total(shim) - before[shim] for shim in ids}
+    before = {shim: total(shim) for shim in ids}
+    load = stats_load("node", secs, *targets)
+    out = {"node": {"n": n, "secs": secs, "late_ms": load["late_ms"]}}
+    for shim in ids:
+        out["node"][shim] = {"busy_ns": total(shim) - before[shim], "idle_ns": idle[shim]}
+    for shim in ids:
+        for c in ids[shim]:
+            cd.remove(c)
     return out
 
 
@@ -349,6 +396,7 @@ def main():
         cd = Containerd(a.wedge)
         try:
             raw.update(bench_stats(cd, 200 if a.quick else 1000))
+            raw.update(bench_node(cd, 20 if a.quick else 100, 20 if a.quick else 60))
         finally:
             cd.close()
         print("\n".join(stats_rows(raw)))
@@ -399,6 +447,7 @@ def main():
                 for shim in (order if i % 2 == 0 else order[::-1]):
                     raw[f"burst-{shim}"].append(bench_burst(cd, shim, i))
             raw.update(bench_stats(cd, 200 if a.quick else 1000))
+            raw.update(bench_node(cd, 20 if a.quick else 100, 20 if a.quick else 60))
             for shim in order:
                 raw[f"churn-{shim}"] = []
             for r in range(3 if not a.quick else 1):
@@ -471,7 +520,17 @@ def stats_rows(raw):
     if "stats-cpu-wedge" not in raw:
         return []
     w, g, f = raw["stats-cpu-wedge"] / 1e3, raw["stats-cpu-go"] / 1e3, raw["stats-floor"]
-    return [f"| shim CPU per Stats (`ctr task metrics`, cgroup v1) | {w:.0f} µs | {g:.0f} µs | {w / g:.2f} |",
+    rows = []
+    if "node" in raw:
+        nd = raw["node"]
+        wn, gn = nd["wedge"], nd["go"]
+        rows = [f"| node view: {nd['n']} idle containers per shim, Stats for each once a second, "
+                f"{nd['secs']} s: total shim CPU | {wn['busy_ns'] / 1e9:.2f} s | {gn['busy_ns'] / 1e9:.2f} s | "
+                f"{wn['busy_ns'] / gn['busy_ns']:.2f} |",
+                f"| the same {nd['n']} containers at rest for {nd['secs']} s: total shim CPU | "
+                f"{wn['idle_ns'] / 1e9:.3f} s | {gn['idle_ns'] / 1e9:.3f} s | "
+                f"{wn['idle_ns'] / gn['idle_ns'] if gn['idle_ns'] else float('nan'):.2f} |"]
+    return rows + [f"| shim CPU per Stats (straight to the shim, as containerd sends it; cgroup v1) | {w:.0f} µs | {g:.0f} µs | {w / g:.2f} |",
             f"| floor: read the same {f['files']} files once (open+read+close / kept open, pread) | "
             f"{f['open_ns'] / 1e3:.0f} µs / {f['pread_ns'] / 1e3:.0f} µs | | "
             f"Wedge/floor: {w * 1e3 / f['open_ns']:.2f} / {w * 1e3 / f['pread_ns']:.2f} |"]

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use tokio::task::AbortHandle;
 
 use crate::cgroup::oom::OomWatch;
-use crate::cgroup::Cgroup;
+use crate::cgroup::{Cgroup, StatFiles};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::options::Options;
@@ -87,6 +88,8 @@ pub struct Container {
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     cgroup: Mutex<Option<Arc<Cgroup>>>,
+    /// Its cgroup's stat files, open from the first Stats until Delete.
+    stat_files: Mutex<Option<StatFiles>>,
     oom: Mutex<Option<(Arc<OomWatch>, AbortHandle)>>,
     /// Set for a container created from a checkpoint, until Start.
     pub pending_restore: Mutex<Option<PendingRestore>>,
@@ -130,6 +133,7 @@ impl Container {
             init,
             execs: Mutex::new(HashMap::new()),
             cgroup: Mutex::new(None),
+            stat_files: Mutex::new(None),
             oom: Mutex::new(None),
             pending_restore: Mutex::new(None),
             kill_hung: AtomicBool::new(false),
@@ -211,6 +215,27 @@ impl Container {
             *cg = self.host.cgroup_of(self.init.pid()).map(Arc::new);
         }
         cg.clone()
+    }
+
+    /// The container's cgroup statistics. The stat files are opened on the
+    /// first call and kept for the next ones; a removed cgroup is NotFound.
+    pub fn stats(&self) -> std::io::Result<Any> {
+        let cg = self.cgroup().ok_or_else(crate::cgroup::kept::gone)?;
+        let mut kept = lock(&self.stat_files);
+        let mut files = match kept.take() {
+            Some(f) => f,
+            None => cg.stat_files()?,
+        };
+        let any = files.read()?;
+        if files.keep() {
+            *kept = Some(files);
+        }
+        Ok(any)
+    }
+
+    /// Closes the stat files (Delete: the cgroup is gone).
+    pub fn close_stat_files(&self) {
+        lock(&self.stat_files).take();
     }
 
     /// Whether init has been reaped and no process is left in the

@@ -695,6 +695,67 @@ fn stats_after_an_oom_exit_count_the_kill() {
     env.assert_clean();
 }
 
+/// The shim's fds once they have settled (a closed connection's fd goes a
+/// moment after the client's).
+fn settled_fds(shim: u32) -> usize {
+    let mut last = threads_and_fds(shim).1;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = threads_and_fds(shim).1;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Stats keeps a container's stat files open from the first call: a fixed
+/// number of fds, the same after 1 call and after 100, and closed at the
+/// container's Delete: deleting it frees exactly that many fds more than
+/// deleting a twin that never had Stats.
+#[test]
+fn stat_files_stay_open_until_delete_and_no_longer() {
+    let env = Env::start(I);
+    let group = "io.containerd.runc.v2.group=stats";
+    for id in ["st1", "st2", "st3"] {
+        let out = env.run(id, &["-d", "--annotation", group], &["sleep", "600"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        env.wait_status(id, "RUNNING");
+    }
+    let shim = env.shim_pid("st1").unwrap();
+    assert!(
+        env.shim_pid("st2").is_none() && env.shim_pid("st3").is_none(),
+        "one shim for the group"
+    );
+    let metrics = |id: &str| {
+        let out = env.ctr(&["task", "metrics", id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let before = settled_fds(shim);
+    assert!(metrics("st1").contains("pids.current"));
+    let kept = settled_fds(shim) - before;
+    assert!(kept > 0, "the stat files are kept open");
+    for _ in 0..100 {
+        metrics("st1");
+    }
+    assert_eq!(settled_fds(shim), before + kept, "no fd per call");
+
+    let fds = settled_fds(shim);
+    env.finish("st2");
+    let freed_without = fds - settled_fds(shim);
+    let fds = settled_fds(shim);
+    env.finish("st1");
+    let freed_with = fds - settled_fds(shim);
+    assert_eq!(
+        freed_with,
+        freed_without + kept,
+        "Delete closes the {kept} stat files"
+    );
+    env.finish("st3");
+    env.assert_clean();
+}
+
 #[test]
 fn failed_checkpoint_names_the_criu_log() {
     let env = Env::start(I);

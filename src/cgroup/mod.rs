@@ -1,12 +1,15 @@
 //! cgroups of a container: where they are (v1 per-controller directories, or
 //! one v2 directory), their statistics as containerd's `Metrics` messages,
 //! OOM notification ([`oom`]), and killing every process of it ([`kill`]).
+//! A container's stat files stay open between Stats calls ([`StatFiles`],
+//! [`kept`]).
 //!
 //! The layout is read from `/proc/<pid>/cgroup` and `/proc/self/mountinfo`,
 //! so it works in nested setups where a hierarchy is mounted with a non-root
 //! `root`. Parsing takes plain directories, so both versions are unit-tested
 //! on recorded cgroupfs trees (`tests/fixtures/cgroup/`).
 
+pub mod kept;
 pub mod kill;
 pub mod oom;
 pub mod v1;
@@ -26,6 +29,38 @@ pub enum Cgroup {
     V1(HashMap<String, PathBuf>),
     /// cgroup v2: one directory in the unified hierarchy.
     V2(PathBuf),
+}
+
+/// A container's open stat files and the buffer they are read into.
+pub struct StatFiles {
+    files: Files,
+    buf: Vec<u8>,
+    keep: bool,
+}
+
+enum Files {
+    V1(v1::Files),
+    V2(v2::Files),
+}
+
+impl StatFiles {
+    /// The container's statistics, as containerd's Any-wrapped `Metrics`.
+    /// NotFound once the cgroup is removed.
+    pub fn read(&mut self) -> io::Result<Any> {
+        let (url, value) = match &mut self.files {
+            Files::V1(f) => (V1_METRICS, f.read(&mut self.buf)?.write_to_bytes()),
+            Files::V2(f) => (V2_METRICS, f.read(&mut self.buf)?.write_to_bytes()),
+        };
+        let mut any = Any::new();
+        any.type_url = url.to_string();
+        any.value = value.map_err(io::Error::other)?;
+        Ok(any)
+    }
+
+    /// Whether to keep the files open for the next call.
+    pub fn keep(&self) -> bool {
+        self.keep
+    }
 }
 
 /// Type URL of v1 metrics.
@@ -93,24 +128,23 @@ impl Cgroup {
         (!paths.is_empty()).then_some(Cgroup::V1(paths))
     }
 
-    /// The container's statistics, as containerd's Any-wrapped `Metrics`.
-    pub fn stats(&self) -> io::Result<Any> {
-        let (url, value) = match self {
-            Cgroup::V1(paths) => (V1_METRICS, v1::stats(paths).write_to_bytes()),
-            Cgroup::V2(dir) => {
-                if !dir.exists() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "cgroup does not exist",
-                    ));
-                }
-                (V2_METRICS, v2::stats(dir).write_to_bytes())
-            }
+    /// Opens the cgroup's stat files, to be read by each Stats.
+    pub fn stat_files(&self) -> io::Result<StatFiles> {
+        let mut o = kept::Opener::new();
+        let files = match self {
+            Cgroup::V1(paths) => Files::V1(v1::Files::open(paths, &mut o)?),
+            Cgroup::V2(dir) => Files::V2(v2::Files::open(dir, &mut o)?),
         };
-        let mut any = Any::new();
-        any.type_url = url.to_string();
-        any.value = value.map_err(io::Error::other)?;
-        Ok(any)
+        // Kept open only while fds are plentiful: a shim with many
+        // containers under a low fd limit opens them for each call instead.
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        Ok(StatFiles {
+            files,
+            buf: Vec::new(),
+            keep: u64::try_from(o.max_fd).unwrap_or(0) < soft / 2,
+        })
     }
 
     /// The memory controller's directory.
@@ -127,37 +161,6 @@ pub(crate) fn read(dir: &Path, file: &str) -> String {
     std::fs::read_to_string(dir.join(file))
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-/// Reads a file holding one number; `max` (no limit) reads as `max_value`.
-pub(crate) fn read_u64(dir: &Path, file: &str, max_value: u64) -> u64 {
-    let s = read(dir, file);
-    if s == "max" {
-        max_value
-    } else {
-        s.parse().unwrap_or(0)
-    }
-}
-
-/// The hugetlb page sizes (`2MB`, `1GB`, …) that have `hugetlb.<size><suffix>` files.
-/// The reservation files beside them (`hugetlb.2MB.rsvd.current`, Linux 5.7+)
-/// name no page size of their own.
-pub(crate) fn hugetlb_sizes(dir: &Path, suffix: &str) -> Vec<String> {
-    let mut sizes: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.strip_prefix("hugetlb.")?
-                        .strip_suffix(suffix)
-                        .filter(|size| !size.contains('.'))
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    sizes.sort();
-    sizes
 }
 
 /// Parses `key value` lines (memory.stat, cpu.stat, …).
@@ -195,21 +198,50 @@ mod tests {
         assert_eq!(p["pids"], Path::new("/sys/fs/cgroup/pids/ns/c1"));
     }
 
+    /// A real cgroup (pids controller on v1, the unified hierarchy on v2):
+    /// its kept files read the live values, and once it is removed a read
+    /// says NotFound instead of stale numbers.
     #[test]
-    fn hugetlb_sizes_skip_reservation_files() {
-        let d = tempfile::tempdir().unwrap();
-        for f in [
-            "hugetlb.2MB.current",
-            "hugetlb.2MB.rsvd.current",
-            "hugetlb.1GB.current",
-            "hugetlb.1GB.rsvd.current",
-            "hugetlb.2MB.usage_in_bytes",
-            "hugetlb.2MB.rsvd.usage_in_bytes",
-        ] {
-            std::fs::write(d.path().join(f), "0\n").unwrap();
+    fn kept_stat_files_follow_a_real_cgroup_until_it_is_removed() {
+        let name = format!("wedge-unit-{}", std::process::id());
+        let v1 = Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists();
+        let dir = if v1 {
+            Path::new("/sys/fs/cgroup/pids").join(&name)
+        } else {
+            Path::new("/sys/fs/cgroup").join(&name)
+        };
+        if let Err(e) = std::fs::create_dir(&dir) {
+            // Only root makes cgroups.
+            assert!(!rustix::process::geteuid().is_root(), "{dir:?}: {e}");
+            return;
         }
-        assert_eq!(hugetlb_sizes(d.path(), ".current"), ["1GB", "2MB"]);
-        assert_eq!(hugetlb_sizes(d.path(), ".usage_in_bytes"), ["2MB"]);
+        let cg = if v1 {
+            Cgroup::V1(HashMap::from([("pids".to_string(), dir.clone())]))
+        } else {
+            Cgroup::V2(dir.clone())
+        };
+        let mut files = cg.stat_files().unwrap();
+        assert!(files.keep());
+        let limit = |any: Any| -> u64 {
+            if v1 {
+                containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&any.value)
+                    .unwrap()
+                    .pids
+                    .limit
+            } else {
+                containerd_shim_protos::cgroups_v2::metrics::Metrics::parse_from_bytes(&any.value)
+                    .unwrap()
+                    .pids
+                    .limit
+            }
+        };
+        std::fs::write(dir.join("pids.max"), "7").unwrap();
+        assert_eq!(limit(files.read().unwrap()), 7);
+        std::fs::write(dir.join("pids.max"), "9").unwrap();
+        assert_eq!(limit(files.read().unwrap()), 9, "read again, not cached");
+        std::fs::remove_dir(&dir).unwrap();
+        let err = files.read().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 
     #[test]

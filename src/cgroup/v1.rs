@@ -1,210 +1,325 @@
 //! cgroup v1 statistics → `io.containerd.cgroups.v1.Metrics`. Every field the
 //! kernel exposes in the container's controller directories is filled.
+//!
+//! [`Files`] opens the files once ([`super::kept`]); each Stats reads them
+//! again in place.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 use containerd_shim_protos::cgroups::metrics::*;
 use containerd_shim_protos::protobuf::MessageField;
 
-use super::{hugetlb_sizes, read, read_kv, read_u64};
+use super::kept::{self, fields, lines, num, pairs, parse, split_once, Devices, Kept, Opener};
 
 /// USER_HZ: cpuacct.stat counts in these ticks.
 const TICKS_PER_SEC: u64 = 100;
 
-/// Collects every statistic available under `paths` (controller → dir).
-pub fn stats(paths: &HashMap<String, PathBuf>) -> Metrics {
-    let mut m = Metrics::new();
-    let dir = |c: &str| paths.get(c).filter(|d| d.exists()).map(PathBuf::as_path);
-    if let Some(d) = dir("pids") {
-        m.pids = MessageField::some(PidsStat {
-            current: read_u64(d, "pids.current", 0),
-            limit: read_u64(d, "pids.max", 0),
-            ..Default::default()
-        });
+/// The prefixes of the four memory counters (usage, max, failcnt, limit).
+const MEMORY_ENTRIES: [&str; 4] = [
+    "memory.",
+    "memory.memsw.",
+    "memory.kmem.",
+    "memory.kmem.tcp.",
+];
+const ENTRY_FILES: [&str; 4] = [
+    "usage_in_bytes",
+    "max_usage_in_bytes",
+    "failcnt",
+    "limit_in_bytes",
+];
+/// blkio counters read from the I/O scheduler's files (CFQ, BFQ) when they
+/// have entries, else from the throttle layer's, which count all I/O.
+const BLKIO_PICKED: [&str; 2] = ["io_service_bytes_recursive", "io_serviced_recursive"];
+const BLKIO_LAYERS: [&str; 3] = ["blkio.", "blkio.bfq.", "blkio.throttle."];
+/// blkio counters only CFQ has.
+const BLKIO_ONLY: [&str; 6] = [
+    "io_queued_recursive",
+    "io_service_time_recursive",
+    "io_wait_time_recursive",
+    "io_merged_recursive",
+    "time_recursive",
+    "sectors_recursive",
+];
+
+/// The stat files of a container's v1 controllers; a controller whose
+/// directory did not exist at open is left out of the metrics.
+pub struct Files {
+    pids: Option<[Kept; 2]>,
+    cpuacct: Option<[Kept; 3]>,
+    cpu: Option<Kept>,
+    memory: Option<Memory>,
+    blkio: Option<Blkio>,
+    hugetlb: Option<Vec<(String, [Kept; 3])>>,
+    devices: Devices,
+}
+
+struct Memory {
+    stat: Kept,
+    oom_control: Kept,
+    entries: [[Kept; 4]; 4],
+}
+
+struct Blkio {
+    picked: [[Kept; 3]; 2],
+    only: [Kept; 6],
+}
+
+impl Files {
+    /// Opens the stat files under `paths` (controller → dir).
+    pub fn open(paths: &HashMap<String, PathBuf>, o: &mut Opener) -> io::Result<Files> {
+        let dir = |c: &str| paths.get(c).filter(|d| d.is_dir()).map(PathBuf::as_path);
+        let mut f = Files {
+            pids: None,
+            cpuacct: None,
+            cpu: None,
+            memory: None,
+            blkio: None,
+            hugetlb: None,
+            devices: Devices::default(),
+        };
+        if let Some(d) = dir("pids") {
+            f.pids = Some(o.open_all(d, "pids.", ["current", "max"])?);
+        }
+        if let Some(d) = dir("cpuacct") {
+            f.cpuacct = Some(o.open_all(d, "cpuacct.", ["stat", "usage", "usage_percpu"])?);
+        }
+        if let Some(d) = dir("cpu") {
+            f.cpu = Some(o.open(d, "cpu.stat")?);
+        }
+        if let Some(d) = dir("memory") {
+            let mut entries: [[Kept; 4]; 4] = Default::default();
+            for (slot, prefix) in entries.iter_mut().zip(MEMORY_ENTRIES) {
+                *slot = o.open_all(d, prefix, ENTRY_FILES)?;
+            }
+            f.memory = Some(Memory {
+                stat: o.open(d, "memory.stat")?,
+                oom_control: o.open(d, "memory.oom_control")?,
+                entries,
+            });
+        }
+        if let Some(d) = dir("blkio") {
+            let mut picked: [[Kept; 3]; 2] = Default::default();
+            for (slot, name) in picked.iter_mut().zip(BLKIO_PICKED) {
+                for (k, layer) in slot.iter_mut().zip(BLKIO_LAYERS) {
+                    *k = o.open(d, &format!("{layer}{name}"))?;
+                }
+            }
+            f.blkio = Some(Blkio {
+                picked,
+                only: o.open_all(d, "blkio.", BLKIO_ONLY)?,
+            });
+        }
+        if let Some(d) = dir("hugetlb") {
+            let mut sizes = Vec::new();
+            for s in kept::hugetlb_sizes(d, ".usage_in_bytes") {
+                let files = o.open_all(
+                    d,
+                    &format!("hugetlb.{s}."),
+                    ["usage_in_bytes", "max_usage_in_bytes", "failcnt"],
+                )?;
+                sizes.push((s, files));
+            }
+            f.hugetlb = Some(sizes);
+        }
+        Ok(f)
     }
-    let cpuacct = dir("cpuacct");
-    let cpu = dir("cpu");
-    if cpuacct.is_some() || cpu.is_some() {
-        let mut c = CPUStat::new();
-        if let Some(d) = cpuacct {
-            let st = read_kv(d, "cpuacct.stat");
-            let ns = |k: &str| st.get(k).copied().unwrap_or(0) * (1_000_000_000 / TICKS_PER_SEC);
-            c.usage = MessageField::some(CPUUsage {
-                total: read_u64(d, "cpuacct.usage", 0),
-                user: ns("user"),
-                kernel: ns("system"),
-                per_cpu: read(d, "cpuacct.usage_percpu")
-                    .split_whitespace()
-                    .filter_map(|x| x.parse().ok())
-                    .collect(),
+
+    /// Reads every statistic, with `buf` as the reading buffer.
+    pub fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<Metrics> {
+        let mut m = Metrics::new();
+        if let Some([current, max]) = &self.pids {
+            m.pids = MessageField::some(PidsStat {
+                current: num(current.read(buf)?, 0),
+                limit: num(max.read(buf)?, 0),
                 ..Default::default()
             });
         }
-        if let Some(d) = cpu {
-            let st = read_kv(d, "cpu.stat");
-            let g = |k: &str| st.get(k).copied().unwrap_or(0);
-            c.throttling = MessageField::some(Throttle {
-                periods: g("nr_periods"),
-                throttled_periods: g("nr_throttled"),
-                throttled_time: g("throttled_time"),
+        if self.cpuacct.is_some() || self.cpu.is_some() {
+            let mut c = CPUStat::new();
+            if let Some([stat, usage, percpu]) = &self.cpuacct {
+                let mut u = CPUUsage::new();
+                for (k, v) in pairs(stat.read(buf)?) {
+                    let ns = v * (1_000_000_000 / TICKS_PER_SEC);
+                    match k {
+                        b"user" => u.user = ns,
+                        b"system" => u.kernel = ns,
+                        _ => {}
+                    }
+                }
+                u.total = num(usage.read(buf)?, 0);
+                u.per_cpu = fields(percpu.read(buf)?).filter_map(parse).collect();
+                c.usage = MessageField::some(u);
+            }
+            if let Some(stat) = &self.cpu {
+                let mut t = Throttle::new();
+                for (k, v) in pairs(stat.read(buf)?) {
+                    match k {
+                        b"nr_periods" => t.periods = v,
+                        b"nr_throttled" => t.throttled_periods = v,
+                        b"throttled_time" => t.throttled_time = v,
+                        _ => {}
+                    }
+                }
+                c.throttling = MessageField::some(t);
+            }
+            m.cpu = MessageField::some(c);
+        }
+        if let Some(mem) = &self.memory {
+            let mut s = memory_stat(mem.stat.read(buf)?);
+            let [usage, swap, kernel, kernel_tcp] = &mem.entries;
+            s.usage = entry(usage, buf)?;
+            s.swap = entry(swap, buf)?;
+            s.kernel = entry(kernel, buf)?;
+            s.kernel_tcp = entry(kernel_tcp, buf)?;
+            m.memory = MessageField::some(s);
+            let mut oc = MemoryOomControl::new();
+            for (k, v) in pairs(mem.oom_control.read(buf)?) {
+                match k {
+                    b"oom_kill_disable" => oc.oom_kill_disable = v,
+                    b"under_oom" => oc.under_oom = v,
+                    b"oom_kill" => oc.oom_kill = v,
+                    _ => {}
+                }
+            }
+            m.memory_oom_control = MessageField::some(oc);
+        }
+        if let Some(b) = &self.blkio {
+            let dev = &mut self.devices;
+            let mut picked = [Vec::new(), Vec::new()];
+            for (out, layers) in picked.iter_mut().zip(&b.picked) {
+                for k in layers {
+                    *out = blkio_entries(k.read(buf)?, dev);
+                    if !out.is_empty() {
+                        break;
+                    }
+                }
+            }
+            let [bytes, serviced] = picked;
+            let [queued, service_time, wait_time, merged, time, sectors] = &b.only;
+            m.blkio = MessageField::some(BlkIOStat {
+                io_service_bytes_recursive: bytes,
+                io_serviced_recursive: serviced,
+                io_queued_recursive: blkio_entries(queued.read(buf)?, dev),
+                io_service_time_recursive: blkio_entries(service_time.read(buf)?, dev),
+                io_wait_time_recursive: blkio_entries(wait_time.read(buf)?, dev),
+                io_merged_recursive: blkio_entries(merged.read(buf)?, dev),
+                io_time_recursive: blkio_entries(time.read(buf)?, dev),
+                sectors_recursive: blkio_entries(sectors.read(buf)?, dev),
                 ..Default::default()
             });
         }
-        m.cpu = MessageField::some(c);
+        if let Some(sizes) = &self.hugetlb {
+            for (size, [usage, max, failcnt]) in sizes {
+                m.hugetlb.push(HugetlbStat {
+                    usage: num(usage.read(buf)?, 0),
+                    max: num(max.read(buf)?, 0),
+                    failcnt: num(failcnt.read(buf)?, 0),
+                    pagesize: size.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(m)
     }
-    if let Some(d) = dir("memory") {
-        m.memory = MessageField::some(memory(d));
-        let oc = read_kv(d, "memory.oom_control");
-        let g = |k: &str| oc.get(k).copied().unwrap_or(0);
-        m.memory_oom_control = MessageField::some(MemoryOomControl {
-            oom_kill_disable: g("oom_kill_disable"),
-            under_oom: g("under_oom"),
-            oom_kill: g("oom_kill"),
-            ..Default::default()
-        });
-    }
-    if let Some(d) = dir("blkio") {
-        m.blkio = MessageField::some(blkio(d));
-    }
-    if let Some(d) = dir("hugetlb") {
-        m.hugetlb = hugetlb(d);
-    }
-    m
 }
 
-fn entry(d: &Path, prefix: &str) -> MessageField<MemoryEntry> {
-    if !d.join(format!("{prefix}.usage_in_bytes")).exists() {
-        return MessageField::none();
+/// A memory counter (usage, max, failcnt, limit); absent without its usage file.
+fn entry(files: &[Kept; 4], buf: &mut Vec<u8>) -> io::Result<MessageField<MemoryEntry>> {
+    let [usage, max, failcnt, limit] = files;
+    if !usage.is_present() {
+        return Ok(MessageField::none());
     }
-    MessageField::some(MemoryEntry {
-        usage: read_u64(d, &format!("{prefix}.usage_in_bytes"), 0),
-        max: read_u64(d, &format!("{prefix}.max_usage_in_bytes"), 0),
-        failcnt: read_u64(d, &format!("{prefix}.failcnt"), 0),
-        limit: read_u64(d, &format!("{prefix}.limit_in_bytes"), 0),
+    Ok(MessageField::some(MemoryEntry {
+        usage: num(usage.read(buf)?, 0),
+        max: num(max.read(buf)?, 0),
+        failcnt: num(failcnt.read(buf)?, 0),
+        limit: num(limit.read(buf)?, 0),
         ..Default::default()
-    })
+    }))
 }
 
-fn memory(d: &Path) -> MemoryStat {
-    let st = read_kv(d, "memory.stat");
-    let g = |k: &str| st.get(k).copied().unwrap_or(0);
-    MemoryStat {
-        cache: g("cache"),
-        rss: g("rss"),
-        rss_huge: g("rss_huge"),
-        mapped_file: g("mapped_file"),
-        dirty: g("dirty"),
-        writeback: g("writeback"),
-        pg_pg_in: g("pgpgin"),
-        pg_pg_out: g("pgpgout"),
-        pg_fault: g("pgfault"),
-        pg_maj_fault: g("pgmajfault"),
-        inactive_anon: g("inactive_anon"),
-        active_anon: g("active_anon"),
-        inactive_file: g("inactive_file"),
-        active_file: g("active_file"),
-        unevictable: g("unevictable"),
-        hierarchical_memory_limit: g("hierarchical_memory_limit"),
-        hierarchical_swap_limit: g("hierarchical_memsw_limit"),
-        total_cache: g("total_cache"),
-        total_rss: g("total_rss"),
-        total_rss_huge: g("total_rss_huge"),
-        total_mapped_file: g("total_mapped_file"),
-        total_dirty: g("total_dirty"),
-        total_writeback: g("total_writeback"),
-        total_pg_pg_in: g("total_pgpgin"),
-        total_pg_pg_out: g("total_pgpgout"),
-        total_pg_fault: g("total_pgfault"),
-        total_pg_maj_fault: g("total_pgmajfault"),
-        total_inactive_anon: g("total_inactive_anon"),
-        total_active_anon: g("total_active_anon"),
-        total_inactive_file: g("total_inactive_file"),
-        total_active_file: g("total_active_file"),
-        total_unevictable: g("total_unevictable"),
-        usage: entry(d, "memory"),
-        swap: entry(d, "memory.memsw"),
-        kernel: entry(d, "memory.kmem"),
-        kernel_tcp: entry(d, "memory.kmem.tcp"),
-        ..Default::default()
+/// `memory.stat`.
+fn memory_stat(text: &[u8]) -> MemoryStat {
+    let mut s = MemoryStat::new();
+    for (k, v) in pairs(text) {
+        let field = match k {
+            b"cache" => &mut s.cache,
+            b"rss" => &mut s.rss,
+            b"rss_huge" => &mut s.rss_huge,
+            b"mapped_file" => &mut s.mapped_file,
+            b"dirty" => &mut s.dirty,
+            b"writeback" => &mut s.writeback,
+            b"pgpgin" => &mut s.pg_pg_in,
+            b"pgpgout" => &mut s.pg_pg_out,
+            b"pgfault" => &mut s.pg_fault,
+            b"pgmajfault" => &mut s.pg_maj_fault,
+            b"inactive_anon" => &mut s.inactive_anon,
+            b"active_anon" => &mut s.active_anon,
+            b"inactive_file" => &mut s.inactive_file,
+            b"active_file" => &mut s.active_file,
+            b"unevictable" => &mut s.unevictable,
+            b"hierarchical_memory_limit" => &mut s.hierarchical_memory_limit,
+            b"hierarchical_memsw_limit" => &mut s.hierarchical_swap_limit,
+            b"total_cache" => &mut s.total_cache,
+            b"total_rss" => &mut s.total_rss,
+            b"total_rss_huge" => &mut s.total_rss_huge,
+            b"total_mapped_file" => &mut s.total_mapped_file,
+            b"total_dirty" => &mut s.total_dirty,
+            b"total_writeback" => &mut s.total_writeback,
+            b"total_pgpgin" => &mut s.total_pg_pg_in,
+            b"total_pgpgout" => &mut s.total_pg_pg_out,
+            b"total_pgfault" => &mut s.total_pg_fault,
+            b"total_pgmajfault" => &mut s.total_pg_maj_fault,
+            b"total_inactive_anon" => &mut s.total_inactive_anon,
+            b"total_active_anon" => &mut s.total_active_anon,
+            b"total_inactive_file" => &mut s.total_inactive_file,
+            b"total_active_file" => &mut s.total_active_file,
+            b"total_unevictable" => &mut s.total_unevictable,
+            _ => continue,
+        };
+        *field = v;
     }
-}
-
-/// Device name for `major:minor` from sysfs (`/dev/<DEVNAME>`), if known.
-fn device_name(major: u64, minor: u64) -> String {
-    let uevent = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
-        .unwrap_or_default();
-    uevent
-        .lines()
-        .find_map(|l| l.strip_prefix("DEVNAME="))
-        .map(|n| format!("/dev/{n}"))
-        .unwrap_or_default()
+    s
 }
 
 /// Parses `MAJ:MIN [Op] value` lines; the `Total` line is skipped.
-pub fn blkio_entries(text: &str) -> Vec<BlkIOEntry> {
-    text.lines()
+pub fn blkio_entries(text: &[u8], devices: &mut Devices) -> Vec<BlkIOEntry> {
+    lines(text)
         .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (dev, op, value) = match f.as_slice() {
-                [dev, op, v] => (*dev, *op, *v),
-                [dev, v] => (*dev, "", *v),
-                _ => return None,
+            let mut f = fields(l);
+            let (dev, a, b) = (f.next()?, f.next()?, f.next());
+            let (op, value) = match b {
+                Some(v) => (a, v),
+                None => (&b""[..], a),
             };
-            let (maj, min) = dev.split_once(':')?;
-            let (major, minor) = (maj.parse().ok()?, min.parse().ok()?);
+            let (maj, min) = split_once(dev, b':')?;
+            let (major, minor) = (parse(maj)?, parse(min)?);
             Some(BlkIOEntry {
-                op: op.to_string(),
-                device: device_name(major, minor),
+                op: String::from_utf8_lossy(op).into_owned(),
+                device: devices.name(major, minor),
                 major,
                 minor,
-                value: value.parse().ok()?,
+                value: parse(value)?,
                 ..Default::default()
             })
         })
         .collect()
 }
 
-fn blkio(d: &Path) -> BlkIOStat {
-    // The I/O scheduler's files (CFQ, BFQ) when they have entries, else the
-    // throttle layer's, which count all I/O.
-    let pick = |name: &str| {
-        ["blkio.", "blkio.bfq.", "blkio.throttle."]
-            .iter()
-            .map(|p| blkio_entries(&read(d, &format!("{p}{name}"))))
-            .find(|e| !e.is_empty())
-            .unwrap_or_default()
-    };
-    let only = |name: &str| blkio_entries(&read(d, &format!("blkio.{name}")));
-    BlkIOStat {
-        io_service_bytes_recursive: pick("io_service_bytes_recursive"),
-        io_serviced_recursive: pick("io_serviced_recursive"),
-        io_queued_recursive: only("io_queued_recursive"),
-        io_service_time_recursive: only("io_service_time_recursive"),
-        io_wait_time_recursive: only("io_wait_time_recursive"),
-        io_merged_recursive: only("io_merged_recursive"),
-        io_time_recursive: only("time_recursive"),
-        sectors_recursive: only("sectors_recursive"),
-        ..Default::default()
-    }
-}
-
-fn hugetlb(d: &Path) -> Vec<HugetlbStat> {
-    hugetlb_sizes(d, ".usage_in_bytes")
-        .into_iter()
-        .map(|s| HugetlbStat {
-            usage: read_u64(d, &format!("hugetlb.{s}.usage_in_bytes"), 0),
-            max: read_u64(d, &format!("hugetlb.{s}.max_usage_in_bytes"), 0),
-            failcnt: read_u64(d, &format!("hugetlb.{s}.failcnt"), 0),
-            pagesize: s,
-            ..Default::default()
-        })
-        .collect()
+/// Opens and reads once: what a test of a recorded tree needs.
+#[cfg(test)]
+pub fn stats(paths: &HashMap<String, PathBuf>) -> Metrics {
+    Files::open(paths, &mut Opener::new())
+        .and_then(|mut f| f.read(&mut Vec::new()))
+        .unwrap()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn fixture() -> HashMap<String, PathBuf> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cgroup/v1");

@@ -3,102 +3,178 @@
 //! the pressure (PSI) of cpu, memory and io. A value of `max` (no limit) reads
 //! as `u64::MAX` (rdma: `u32::MAX`), as containerd's Go shim reports it.
 //!
-//! The parser is unit-tested on trees recorded in the cgroup v2 guest
-//! (`tests/fixtures/cgroup/v2`); `tests/cgroup_v2.rs` compares it with the
-//! live files there.
+//! [`Files`] opens the files once ([`super::kept`]); each Stats reads them
+//! again in place. The parser is unit-tested on trees recorded in the cgroup
+//! v2 guest (`tests/fixtures/cgroup/v2`); `tests/cgroup_v2.rs` compares it
+//! with the live files there.
 
+use std::io;
 use std::path::Path;
 
 use containerd_shim_protos::cgroups_v2::metrics::*;
 use containerd_shim_protos::protobuf::MessageField;
 
-use super::{hugetlb_sizes, read, read_kv, read_u64};
+use super::kept::{self, fields, lines, num, pairs, parse, split_once, Kept, Opener};
 
-/// Collects every statistic available in `dir`.
-pub fn stats(dir: &Path) -> Metrics {
-    let mut m = Metrics::new();
-    if dir.join("pids.current").exists() {
-        m.pids = MessageField::some(PidsStat {
-            current: read_u64(dir, "pids.current", 0),
-            limit: read_u64(dir, "pids.max", u64::MAX),
-            ..Default::default()
-        });
-    }
-    let cpu = read_kv(dir, "cpu.stat");
-    if !cpu.is_empty() {
-        let g = |k: &str| cpu.get(k).copied().unwrap_or(0);
-        m.cpu = MessageField::some(CPUStat {
-            usage_usec: g("usage_usec"),
-            user_usec: g("user_usec"),
-            system_usec: g("system_usec"),
-            nr_periods: g("nr_periods"),
-            nr_throttled: g("nr_throttled"),
-            throttled_usec: g("throttled_usec"),
-            nr_bursts: g("nr_bursts"),
-            burst_usec: g("burst_usec"),
-            psi: psi(dir, "cpu.pressure"),
-            ..Default::default()
-        });
-    }
-    if dir.join("memory.current").exists() {
-        m.memory = MessageField::some(MemoryStat {
-            psi: psi(dir, "memory.pressure"),
-            ..memory(dir)
-        });
-        let ev = read_kv(dir, "memory.events");
-        let g = |k: &str| ev.get(k).copied().unwrap_or(0);
-        m.memory_events = MessageField::some(MemoryEvents {
-            low: g("low"),
-            high: g("high"),
-            max: g("max"),
-            oom: g("oom"),
-            oom_kill: g("oom_kill"),
-            oom_group_kill: g("oom_group_kill"),
-            ..Default::default()
-        });
-    }
-    let io = io_entries(&read(dir, "io.stat"));
-    let io_psi = psi(dir, "io.pressure");
-    if !io.is_empty() || io_psi.is_some() {
-        m.io = MessageField::some(IOStat {
-            usage: io,
-            psi: io_psi,
-            ..Default::default()
-        });
-    }
-    if dir.join("rdma.current").exists() {
-        m.rdma = MessageField::some(RdmaStat {
-            current: rdma_entries(&read(dir, "rdma.current")),
-            limit: rdma_entries(&read(dir, "rdma.max")),
-            ..Default::default()
-        });
-    }
-    m.hugetlb = hugetlb(dir);
-    m
+/// The memory counters' files, in [`MemoryStat`]'s order below.
+const MEMORY_FILES: [&str; 6] = [
+    "current",
+    "max",
+    "swap.current",
+    "swap.max",
+    "peak",
+    "swap.peak",
+];
+
+/// The stat files of a container's unified cgroup directory.
+pub struct Files {
+    pids: [Kept; 2],
+    cpu: [Kept; 2],
+    memory: [Kept; 6],
+    /// memory.stat, memory.pressure, memory.events
+    memory_more: [Kept; 3],
+    io: [Kept; 2],
+    rdma: [Kept; 2],
+    hugetlb: Vec<(String, [Kept; 3])>,
 }
 
-/// Pressure stall information from `file` (`cpu.pressure`, …): `some` and
-/// `full` lines of `avg10=.. avg60=.. avg300=.. total=..`. None when the
-/// file is missing or unreadable (a kernel without PSI, or booted `psi=0`).
-fn psi(dir: &Path, file: &str) -> MessageField<PSIStats> {
-    let Ok(text) = std::fs::read_to_string(dir.join(file)) else {
+impl Files {
+    /// Opens the stat files of `dir`; a missing directory is NotFound.
+    pub fn open(dir: &Path, o: &mut Opener) -> io::Result<Files> {
+        if !dir.is_dir() {
+            return Err(kept::gone());
+        }
+        let mut hugetlb = Vec::new();
+        for s in kept::hugetlb_sizes(dir, ".current") {
+            let files = o.open_all(dir, &format!("hugetlb.{s}."), ["current", "max", "events"])?;
+            hugetlb.push((s, files));
+        }
+        Ok(Files {
+            pids: o.open_all(dir, "pids.", ["current", "max"])?,
+            cpu: o.open_all(dir, "cpu.", ["stat", "pressure"])?,
+            memory: o.open_all(dir, "memory.", MEMORY_FILES)?,
+            memory_more: o.open_all(dir, "memory.", ["stat", "pressure", "events"])?,
+            io: o.open_all(dir, "io.", ["stat", "pressure"])?,
+            rdma: o.open_all(dir, "rdma.", ["current", "max"])?,
+            hugetlb,
+        })
+    }
+
+    /// Reads every statistic, with `buf` as the reading buffer.
+    pub fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<Metrics> {
+        let mut m = Metrics::new();
+        let [current, max] = &self.pids;
+        if current.is_present() {
+            m.pids = MessageField::some(PidsStat {
+                current: num(current.read(buf)?, 0),
+                limit: num(max.read(buf)?, u64::MAX),
+                ..Default::default()
+            });
+        }
+        let [stat, pressure] = &self.cpu;
+        let mut c = CPUStat::new();
+        let mut any = false;
+        for (k, v) in pairs(stat.read(buf)?) {
+            any = true;
+            let field = match k {
+                b"usage_usec" => &mut c.usage_usec,
+                b"user_usec" => &mut c.user_usec,
+                b"system_usec" => &mut c.system_usec,
+                b"nr_periods" => &mut c.nr_periods,
+                b"nr_throttled" => &mut c.nr_throttled,
+                b"throttled_usec" => &mut c.throttled_usec,
+                b"nr_bursts" => &mut c.nr_bursts,
+                b"burst_usec" => &mut c.burst_usec,
+                _ => continue,
+            };
+            *field = v;
+        }
+        if any {
+            c.psi = psi(pressure.read_opt(buf)?);
+            m.cpu = MessageField::some(c);
+        }
+        if self.memory[0].is_present() {
+            let [stat, pressure, events] = &self.memory_more;
+            let mut s = memory_stat(stat.read(buf)?);
+            let [usage, limit, swap, swap_limit, peak, swap_peak] = &self.memory;
+            s.usage = num(usage.read(buf)?, 0);
+            s.usage_limit = num(limit.read(buf)?, u64::MAX);
+            s.swap_usage = num(swap.read(buf)?, 0);
+            s.swap_limit = num(swap_limit.read(buf)?, u64::MAX);
+            s.max_usage = num(peak.read(buf)?, 0);
+            s.swap_max_usage = num(swap_peak.read(buf)?, 0);
+            s.psi = psi(pressure.read_opt(buf)?);
+            m.memory = MessageField::some(s);
+            let mut ev = MemoryEvents::new();
+            for (k, v) in pairs(events.read(buf)?) {
+                let field = match k {
+                    b"low" => &mut ev.low,
+                    b"high" => &mut ev.high,
+                    b"max" => &mut ev.max,
+                    b"oom" => &mut ev.oom,
+                    b"oom_kill" => &mut ev.oom_kill,
+                    b"oom_group_kill" => &mut ev.oom_group_kill,
+                    _ => continue,
+                };
+                *field = v;
+            }
+            m.memory_events = MessageField::some(ev);
+        }
+        let [stat, pressure] = &self.io;
+        let usage = io_entries(stat.read(buf)?);
+        let io_psi = psi(pressure.read_opt(buf)?);
+        if !usage.is_empty() || io_psi.is_some() {
+            m.io = MessageField::some(IOStat {
+                usage,
+                psi: io_psi,
+                ..Default::default()
+            });
+        }
+        let [current, max] = &self.rdma;
+        if current.is_present() {
+            m.rdma = MessageField::some(RdmaStat {
+                current: rdma_entries(current.read(buf)?),
+                limit: rdma_entries(max.read(buf)?),
+                ..Default::default()
+            });
+        }
+        for (size, [current, max, events]) in &self.hugetlb {
+            m.hugetlb.push(HugeTlbStat {
+                current: num(current.read(buf)?, 0),
+                max: num(max.read(buf)?, u64::MAX),
+                failcnt: pairs(events.read(buf)?)
+                    .find(|(k, _)| *k == b"max")
+                    .map_or(0, |(_, v)| v),
+                pagesize: size.clone(),
+                ..Default::default()
+            });
+        }
+        Ok(m)
+    }
+}
+
+/// Pressure stall information (`cpu.pressure`, …): `some` and `full` lines
+/// of `avg10=.. avg60=.. avg300=.. total=..`. None when the file is missing
+/// or unreadable (a kernel without PSI, or booted `psi=0`).
+fn psi(text: Option<&[u8]>) -> MessageField<PSIStats> {
+    let Some(text) = text else {
         return MessageField::none();
     };
     let mut stats = PSIStats::new();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
+    for line in lines(text) {
+        let mut f = fields(line);
         let slot = match f.next() {
-            Some("some") => &mut stats.some,
-            Some("full") => &mut stats.full,
+            Some(b"some") => &mut stats.some,
+            Some(b"full") => &mut stats.full,
             _ => continue,
         };
         let mut d = PSIData::new();
         for kv in f {
-            match kv.split_once('=') {
-                Some(("avg10", v)) => d.avg10 = v.parse().unwrap_or(0.0),
-                Some(("avg60", v)) => d.avg60 = v.parse().unwrap_or(0.0),
-                Some(("avg300", v)) => d.avg300 = v.parse().unwrap_or(0.0),
-                Some(("total", v)) => d.total = v.parse().unwrap_or(0),
+            match split_once(kv, b'=') {
+                Some((b"avg10", v)) => d.avg10 = parse(v).unwrap_or(0.0),
+                Some((b"avg60", v)) => d.avg60 = parse(v).unwrap_or(0.0),
+                Some((b"avg300", v)) => d.avg300 = parse(v).unwrap_or(0.0),
+                Some((b"total", v)) => d.total = parse(v).unwrap_or(0),
                 _ => {}
             }
         }
@@ -109,24 +185,20 @@ fn psi(dir: &Path, file: &str) -> MessageField<PSIStats> {
 
 /// Parses `rdma.current` / `rdma.max` lines:
 /// `DEVICE hca_handle=N hca_object=N` (`max` for no limit).
-pub fn rdma_entries(text: &str) -> Vec<RdmaEntry> {
-    text.lines()
+pub fn rdma_entries(text: &[u8]) -> Vec<RdmaEntry> {
+    lines(text)
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
+            let mut f = fields(l);
             let mut e = RdmaEntry {
-                device: f.next()?.to_string(),
+                device: String::from_utf8_lossy(f.next()?).into_owned(),
                 ..Default::default()
             };
             for kv in f {
-                let (k, v) = kv.split_once('=')?;
-                let v = if v == "max" {
-                    u32::MAX
-                } else {
-                    v.parse().ok()?
-                };
+                let (k, v) = split_once(kv, b'=')?;
+                let v = if v == b"max" { u32::MAX } else { parse(v)? };
                 match k {
-                    "hca_handle" => e.hca_handles = v,
-                    "hca_object" => e.hca_objects = v,
+                    b"hca_handle" => e.hca_handles = v,
+                    b"hca_object" => e.hca_objects = v,
                     _ => {}
                 }
             }
@@ -135,72 +207,76 @@ pub fn rdma_entries(text: &str) -> Vec<RdmaEntry> {
         .collect()
 }
 
-fn memory(d: &Path) -> MemoryStat {
-    let st = read_kv(d, "memory.stat");
-    let g = |k: &str| st.get(k).copied().unwrap_or(0);
-    MemoryStat {
-        anon: g("anon"),
-        file: g("file"),
-        kernel_stack: g("kernel_stack"),
-        slab: g("slab"),
-        sock: g("sock"),
-        shmem: g("shmem"),
-        file_mapped: g("file_mapped"),
-        file_dirty: g("file_dirty"),
-        file_writeback: g("file_writeback"),
-        anon_thp: g("anon_thp"),
-        inactive_anon: g("inactive_anon"),
-        active_anon: g("active_anon"),
-        inactive_file: g("inactive_file"),
-        active_file: g("active_file"),
-        unevictable: g("unevictable"),
-        slab_reclaimable: g("slab_reclaimable"),
-        slab_unreclaimable: g("slab_unreclaimable"),
-        pgfault: g("pgfault"),
-        pgmajfault: g("pgmajfault"),
-        workingset_refault: g("workingset_refault")
-            .max(g("workingset_refault_anon") + g("workingset_refault_file")),
-        workingset_activate: g("workingset_activate")
-            .max(g("workingset_activate_anon") + g("workingset_activate_file")),
-        workingset_nodereclaim: g("workingset_nodereclaim"),
-        pgrefill: g("pgrefill"),
-        pgscan: g("pgscan"),
-        pgsteal: g("pgsteal"),
-        pgactivate: g("pgactivate"),
-        pgdeactivate: g("pgdeactivate"),
-        pglazyfree: g("pglazyfree"),
-        pglazyfreed: g("pglazyfreed"),
-        thp_fault_alloc: g("thp_fault_alloc"),
-        thp_collapse_alloc: g("thp_collapse_alloc"),
-        usage: read_u64(d, "memory.current", 0),
-        usage_limit: read_u64(d, "memory.max", u64::MAX),
-        swap_usage: read_u64(d, "memory.swap.current", 0),
-        swap_limit: read_u64(d, "memory.swap.max", u64::MAX),
-        max_usage: read_u64(d, "memory.peak", 0),
-        swap_max_usage: read_u64(d, "memory.swap.peak", 0),
-        ..Default::default()
+/// `memory.stat`.
+fn memory_stat(text: &[u8]) -> MemoryStat {
+    let mut s = MemoryStat::new();
+    let (mut refault, mut activate) = ([0u64; 2], [0u64; 2]);
+    for (k, v) in pairs(text) {
+        let field = match k {
+            b"anon" => &mut s.anon,
+            b"file" => &mut s.file,
+            b"kernel_stack" => &mut s.kernel_stack,
+            b"slab" => &mut s.slab,
+            b"sock" => &mut s.sock,
+            b"shmem" => &mut s.shmem,
+            b"file_mapped" => &mut s.file_mapped,
+            b"file_dirty" => &mut s.file_dirty,
+            b"file_writeback" => &mut s.file_writeback,
+            b"anon_thp" => &mut s.anon_thp,
+            b"inactive_anon" => &mut s.inactive_anon,
+            b"active_anon" => &mut s.active_anon,
+            b"inactive_file" => &mut s.inactive_file,
+            b"active_file" => &mut s.active_file,
+            b"unevictable" => &mut s.unevictable,
+            b"slab_reclaimable" => &mut s.slab_reclaimable,
+            b"slab_unreclaimable" => &mut s.slab_unreclaimable,
+            b"pgfault" => &mut s.pgfault,
+            b"pgmajfault" => &mut s.pgmajfault,
+            // Linux 5.9+ splits these by anon and file; containerd reports the sum.
+            b"workingset_refault" => &mut s.workingset_refault,
+            b"workingset_refault_anon" => &mut refault[0],
+            b"workingset_refault_file" => &mut refault[1],
+            b"workingset_activate" => &mut s.workingset_activate,
+            b"workingset_activate_anon" => &mut activate[0],
+            b"workingset_activate_file" => &mut activate[1],
+            b"workingset_nodereclaim" => &mut s.workingset_nodereclaim,
+            b"pgrefill" => &mut s.pgrefill,
+            b"pgscan" => &mut s.pgscan,
+            b"pgsteal" => &mut s.pgsteal,
+            b"pgactivate" => &mut s.pgactivate,
+            b"pgdeactivate" => &mut s.pgdeactivate,
+            b"pglazyfree" => &mut s.pglazyfree,
+            b"pglazyfreed" => &mut s.pglazyfreed,
+            b"thp_fault_alloc" => &mut s.thp_fault_alloc,
+            b"thp_collapse_alloc" => &mut s.thp_collapse_alloc,
+            _ => continue,
+        };
+        *field = v;
     }
+    s.workingset_refault = s.workingset_refault.max(refault[0] + refault[1]);
+    s.workingset_activate = s.workingset_activate.max(activate[0] + activate[1]);
+    s
 }
 
 /// Parses `io.stat` lines: `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. …`.
-pub fn io_entries(text: &str) -> Vec<IOEntry> {
-    text.lines()
+pub fn io_entries(text: &[u8]) -> Vec<IOEntry> {
+    lines(text)
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (maj, min) = f.next()?.split_once(':')?;
+            let mut f = fields(l);
+            let (maj, min) = split_once(f.next()?, b':')?;
             let mut e = IOEntry {
-                major: maj.parse().ok()?,
-                minor: min.parse().ok()?,
+                major: parse(maj)?,
+                minor: parse(min)?,
                 ..Default::default()
             };
             for kv in f {
-                let (k, v) = kv.split_once('=')?;
-                let v: u64 = v.parse().unwrap_or(0);
+                let (k, v) = split_once(kv, b'=')?;
+                let v: u64 = parse(v).unwrap_or(0);
                 match k {
-                    "rbytes" => e.rbytes = v,
-                    "wbytes" => e.wbytes = v,
-                    "rios" => e.rios = v,
-                    "wios" => e.wios = v,
+                    b"rbytes" => e.rbytes = v,
+                    b"wbytes" => e.wbytes = v,
+                    b"rios" => e.rios = v,
+                    b"wios" => e.wios = v,
                     _ => {}
                 }
             }
@@ -209,20 +285,12 @@ pub fn io_entries(text: &str) -> Vec<IOEntry> {
         .collect()
 }
 
-fn hugetlb(d: &Path) -> Vec<HugeTlbStat> {
-    hugetlb_sizes(d, ".current")
-        .into_iter()
-        .map(|s| HugeTlbStat {
-            current: read_u64(d, &format!("hugetlb.{s}.current"), 0),
-            max: read_u64(d, &format!("hugetlb.{s}.max"), u64::MAX),
-            failcnt: read_kv(d, &format!("hugetlb.{s}.events"))
-                .get("max")
-                .copied()
-                .unwrap_or(0),
-            pagesize: s,
-            ..Default::default()
-        })
-        .collect()
+/// Opens and reads once: what a test of a recorded tree needs.
+#[cfg(test)]
+pub fn stats(dir: &Path) -> Metrics {
+    Files::open(dir, &mut Opener::new())
+        .and_then(|mut f| f.read(&mut Vec::new()))
+        .unwrap()
 }
 
 #[cfg(test)]
@@ -305,7 +373,7 @@ mod tests {
     #[test]
     fn parses_rdma_lines() {
         let e = rdma_entries(
-            "mlx4_0 hca_handle=2 hca_object=2000\nocrdma1 hca_handle=3 hca_object=max\n",
+            b"mlx4_0 hca_handle=2 hca_object=2000\nocrdma1 hca_handle=3 hca_object=max\n",
         );
         assert_eq!(e.len(), 2);
         assert_eq!(
@@ -347,7 +415,7 @@ mod tests {
 
     #[test]
     fn parses_io_stat_lines() {
-        let e = io_entries("8:16 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\nbad line\n");
+        let e = io_entries(b"8:16 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\nbad line\n");
         assert_eq!(e.len(), 1);
         assert_eq!(
             (

@@ -664,6 +664,7 @@ impl TaskService {
                 }
             }
             c.stop_oom();
+            c.close_stat_files();
             p.close_io(IO_DRAIN).await;
             for e in c.execs() {
                 e.close_io(Duration::ZERO).await;

@@ -262,10 +262,7 @@ impl TaskService {
     /// Stats: the container's cgroup metrics.
     pub async fn stats(&self, req: StatsRequest) -> Result<StatsResponse> {
         let c = self.get(&req.id)?;
-        let cg = c
-            .cgroup()
-            .ok_or_else(|| Error::NotFound("cgroup does not exist".into()))?;
-        let any = cg.stats().map_err(|e| match e.kind() {
+        let any = c.stats().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound("cgroup does not exist".into()),
             _ => Error::Unknown(format!("stats: {e}")),
         })?;
