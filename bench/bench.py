@@ -13,6 +13,9 @@ import json
 import shlex
 import os
 import shutil
+import socket
+import struct
+import threading
 import statistics
 import subprocess
 import sys
@@ -26,6 +29,77 @@ SHIMS = {
     "wedge": "io.containerd.wedge.v2",
     "go": "io.containerd.runc.v2",
 }
+
+
+NETLINK_GENERIC = 16
+
+
+class TaskExits:
+    """Every task's exit with the CPU time it ran, from the kernel's
+    taskstats (generic netlink: TASKSTATS_CMD_ATTR_REGISTER_CPUMASK). This
+    counts short-lived processes whose parent is not ours, to the
+    nanosecond: a shim's `start`, its daemon, and containerd's `shim delete`."""
+    def __init__(self):
+        self.s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.s.bind((0, 0))
+        fam = self._request(0x10, 3, [(2, b"TASKSTATS\0")])
+        self.family = next(struct.unpack_from("<H", v)[0] for t, v in self._attrs(fam[20:]) if t == 1)
+        cpus = f"0-{os.cpu_count() - 1}\0".encode()
+        self._send(self.family, 1, [(3, cpus)])
+        self.records = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _send(self, typ, cmd, attrs):
+        body = struct.pack("<BBH", cmd, 1, 0)
+        for t, v in attrs:
+            a = struct.pack("<HH", 4 + len(v), t) + v
+            body += a + b"\0" * (-len(a) % 4)
+        self.s.send(struct.pack("<IHHII", 16 + len(body), typ, 1, 1, 0) + body)
+
+    def _request(self, typ, cmd, attrs):
+        self._send(typ, cmd, attrs)
+        return self.s.recv(65536)
+
+    @staticmethod
+    def _attrs(b):
+        i = 0
+        while i + 4 <= len(b):
+            ln, t = struct.unpack_from("<HH", b, i)
+            if ln < 4:
+                break
+            yield t & 0x3fff, b[i + 4:i + ln]
+            i += (ln + 3) & ~3
+
+    def _loop(self):
+        while True:
+            data = self.s.recv(1 << 16)
+            i = 0
+            while i + 16 <= len(data):
+                ln, typ = struct.unpack_from("<IH", data, i)
+                if typ == self.family:
+                    for t, v in self._attrs(data[i + 20:i + ln]):
+                        if t != 4:  # TASKSTATS_TYPE_AGGR_PID
+                            continue
+                        for t2, st in self._attrs(v):
+                            if t2 == 3:  # TASKSTATS_TYPE_STATS
+                                # cpu_run_virtual_total: the scheduler's sum_exec_runtime
+                                # (cpu_run_real_total is utime + stime, tick-sampled).
+                                cpu_ns = struct.unpack_from("<Q", st, 72)[0]
+                                comm = st[80:112].split(b"\0")[0].decode(errors="replace")
+                                pid, ppid = struct.unpack_from("<II", st, 128)
+                                with self.lock:
+                                    self.records.append((time.monotonic(), comm, pid, ppid, cpu_ns))
+                i += (ln + 3) & ~3
+
+    def mark(self):
+        with self.lock:
+            return len(self.records)
+
+    def since(self, mark):
+        with self.lock:
+            return self.records[mark:]
 
 
 class Containerd:
@@ -49,12 +123,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   path = "{self.dir}/opt"
 """
         )
-        env = dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
         self.log = open(self.dir / "containerd.log", "w")
-        self.proc = subprocess.Popen(
-            ["containerd", "--config", str(self.dir / "config.toml")],
-            env=env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
-        )
+        self.spawn()
         for _ in range(200):
             if self.ctr("version", check=False).returncode == 0:
                 break
@@ -63,6 +133,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         subprocess.run([str(ROOT / "tests/image/build-busybox-oci.sh"), str(tar), IMAGE],
                        check=True, stdout=subprocess.DEVNULL)
         self.ctr("images", "import", str(tar))
+
+    def spawn(self):
+        """Starts containerd (again, after a kill) on this config."""
+        env = dict(os.environ, PATH=f"{self.dir / 'bin'}:{os.environ.get('PATH', '')}")
+        self.proc = subprocess.Popen(
+            ["containerd", "--config", str(self.dir / "config.toml")],
+            env=env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
+        )
 
     def ctr(self, *args, check=True, **kw):
         kw.setdefault("stdout", subprocess.PIPE)
@@ -282,13 +360,24 @@ def shim_of(cd, cid):
             " ".join(Path(f"/proc/{p}/cmdline").read_text().split("\0"))][0]
 
 
+def shim_running(cd, cid):
+    """Whether a shim serving `cid` (as its first id) still runs."""
+    for p in cd.shim_pids():
+        try:
+            if f"-id {cid} " in " ".join(Path(f"/proc/{p}/cmdline").read_text().split("\0")):
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def shim_address(cd, cid):
     return (cd.dir / "state/io.containerd.runtime.v2.task" / cd.ns / cid / "address").read_text().strip()
 
 
 def stats_load(*args):
-    """bench/stats_load.rs: Stats straight to the shims, as CRI's collector sends them."""
-    r = subprocess.run(["cargo", "bench", "-q", "--bench", "stats_load", "--", *map(str, args)],
+    """bench/shim_load.rs: Stats straight to the shims, as CRI's collector sends them."""
+    r = subprocess.run(["cargo", "bench", "-q", "--bench", "shim_load", "--", *map(str, args)],
                        cwd=ROOT, check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     out = json.loads(r.stdout.decode().strip().splitlines()[-1])
     if out["failed"]:
@@ -317,6 +406,129 @@ def bench_stats(cd, calls):
             out["stats-floor"] = json.loads(r.stdout.decode().strip().splitlines()[-1])
         cd.remove(cid)
     return out
+
+
+def bench_start(cd, runs):
+    """`start` to serving: a shim's `start` as containerd runs it, then
+    Connect until the daemon answers (bench/shim_load.rs), the two shims
+    taking turns."""
+    d = cd.dir / "start-bundles"
+    d.mkdir(exist_ok=True)
+    subprocess.run(["runc", "spec"], cwd=d, check=True)
+    r = subprocess.run(["cargo", "bench", "-q", "--bench", "shim_load", "--", "start", str(runs), str(d), cd.ns,
+                        cd.sock, cd.sock + ".ttrpc", f"wedge={cd.dir / 'bin/containerd-shim-wedge-v2'}",
+                        f"go={shutil.which('containerd-shim-runc-v2')}"],
+                       cwd=ROOT, check=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    return {"start": json.loads(r.stdout.decode().strip().splitlines()[-1])}
+
+
+def bench_exec_storm(cd, shim, n, rounds):
+    """n `ctr task exec` into one container at once (a probe storm), rounds
+    times; each exec's wall time, launch to exit."""
+    cid = f"storm-{shim}"
+    cd.run_d(shim, cid, "sleep", "3600")
+    lat = []
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        procs = [(subprocess.Popen(["ctr", "-a", cd.sock, "-n", cd.ns, "task", "exec", "--exec-id",
+                                    f"s{r}-{i}", cid, "/bin/true"], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), time.perf_counter())
+                 for i in range(n)]
+        for p, t in procs:
+            if p.wait() != 0:
+                raise RuntimeError(f"{shim}: an exec of the storm failed")
+            lat.append(time.perf_counter() - t)
+    cd.remove(cid)
+    return lat
+
+
+def start_many(cd, shim, ids, groups):
+    """Starts detached sleepers, 4 `ctr run` at a time; `groups`: id → group."""
+    pending = list(ids)
+    while pending:
+        batch, pending = pending[:4], pending[4:]
+        procs = []
+        for cid in batch:
+            extra = ["--annotation", f"io.containerd.runc.v2.group={groups[cid]}"] if cid in groups else []
+            procs.append(subprocess.Popen(["ctr", "-a", cd.sock, "-n", cd.ns, "run", "-d", "--runtime", SHIMS[shim],
+                                           *extra, IMAGE, cid, "sleep", "3600"], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for p in procs:
+            if p.wait() != 0:
+                raise RuntimeError(p.stderr.read().decode())
+
+
+def remove_many(cd, ids):
+    """Kills and removes many containers, a few ctr calls at a time."""
+    def each(args_of):
+        pending = list(ids)
+        while pending:
+            batch, pending = pending[:8], pending[8:]
+            for p in [subprocess.Popen(["ctr", "-a", cd.sock, "-n", cd.ns, *args_of(c)], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for c in batch]:
+                p.wait()
+    each(lambda c: ["task", "kill", "-s", "KILL", c])
+    for _ in range(600):
+        out = cd.ctr("task", "ls", check=False).stdout.decode()
+        if not any("RUNNING" in l for l in out.splitlines() if l.split()[:1] and l.split()[0] in ids):
+            break
+        time.sleep(0.1)
+    each(lambda c: ["task", "rm", c])
+    each(lambda c: ["container", "rm", c])
+
+
+def bench_restart(cd, shim, groups, singles):
+    """containerd SIGKILLed and restarted with `groups` groups of 10 and
+    `singles` single containers running on `shim`: seconds from the restart
+    until `ctr task ls` lists every task as running again."""
+    ids, group_of = [], {}
+    for g in range(groups):
+        for k in range(10):
+            cid = f"rs-{shim}-g{g}-{k}"
+            ids.append(cid)
+            group_of[cid] = f"rs-{shim}-{g}"
+    ids += [f"rs-{shim}-s{i}" for i in range(singles)]
+    start_many(cd, shim, ids, group_of)
+    shims_before = sorted(cd.shim_pids())
+    cd.proc.kill()
+    cd.proc.wait()
+    t0 = time.perf_counter()
+    cd.spawn()
+    want = set(ids)
+    while True:
+        out = cd.ctr("task", "ls", check=False)
+        if out.returncode == 0:
+            running = {l.split()[0] for l in out.stdout.decode().splitlines()[1:] if "RUNNING" in l}
+            if want <= running:
+                break
+        if time.perf_counter() - t0 > 300:
+            raise RuntimeError(f"{shim}: tasks not listed 300 s after the restart")
+        time.sleep(0.02)
+    took = time.perf_counter() - t0
+    if sorted(cd.shim_pids()) != shims_before:
+        raise RuntimeError(f"{shim}: shims changed across the restart")
+    remove_many(cd, ids)
+    return took
+
+
+def bench_lifecycle(cd, runs):
+    """Shim CPU per container lifecycle: `ctr run --rm /bin/true`, every
+    shim process from `start` to the daemon's exit (and containerd's `shim
+    delete`), counted by their exits' taskstats. runc is not counted."""
+    exits = TaskExits()
+    out = {"wedge": [], "go": []}
+    for i in range(runs):
+        for shim in (("wedge", "go") if i % 2 == 0 else ("go", "wedge")):
+            cid = f"lc-{shim}-{i}"
+            mark = exits.mark()
+            cd.ctr("run", "--rm", "--runtime", SHIMS[shim], IMAGE, cid, "/bin/true")
+            for _ in range(500):
+                if not shim_running(cd, cid):
+                    break
+                time.sleep(0.01)
+            time.sleep(0.3)
+            out[shim].append(sum(ns for _, comm, _, _, ns in exits.since(mark) if comm == "containerd-shim"))
+    return {"lifecycle": out}
 
 
 def bench_node(cd, n, secs):
@@ -382,7 +594,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cri-only", action="store_true", help="only the CRI rows")
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller transfers")
-    ap.add_argument("--stats-only", action="store_true", help="only the Stats CPU rows")
+    ap.add_argument("--costs-only", action="store_true",
+                    help="only the cost rows: Stats, node view, start, exec storm, containerd restart")
     ap.add_argument("--out", help="raw samples (default bench/results/latest.json, or cri.json with --cri-only)")
     ap.add_argument("--wedge", required=True, help="the Wedge binary to measure")
     a = ap.parse_args()
@@ -392,14 +605,16 @@ def main():
     churn_n = 20 if a.quick else 100
     raw = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": a.quick,
            "machine": f"{os.cpu_count()} cores, {round(os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30)} GiB, {os.uname().release}"}
-    if a.stats_only:
+    if a.costs_only:
         cd = Containerd(a.wedge)
         try:
-            raw.update(bench_stats(cd, 200 if a.quick else 1000))
-            raw.update(bench_node(cd, 20 if a.quick else 100, 20 if a.quick else 60))
+            raw.update(bench_costs(cd, a.quick))
         finally:
             cd.close()
-        print("\n".join(stats_rows(raw)))
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(raw, indent=1))
+        print("\n".join([f"Run {raw['date']} on {raw['machine']}{' (quick)' if a.quick else ''}; medians.", "",
+                         "| measure | Wedge | Go shim | Wedge/Go |", "|---|---|---|---|"] + cost_rows(raw)))
         return
     if not a.cri_only:
         cd = Containerd(a.wedge)
@@ -446,8 +661,7 @@ def main():
             for i in range(10 if a.quick else 50):
                 for shim in (order if i % 2 == 0 else order[::-1]):
                     raw[f"burst-{shim}"].append(bench_burst(cd, shim, i))
-            raw.update(bench_stats(cd, 200 if a.quick else 1000))
-            raw.update(bench_node(cd, 20 if a.quick else 100, 20 if a.quick else 60))
+            raw.update(bench_costs(cd, a.quick))
             for shim in order:
                 raw[f"churn-{shim}"] = []
             for r in range(3 if not a.quick else 1):
@@ -505,20 +719,69 @@ def table(raw, mib, churn_n):
             note = f" (short runs excluded: Wedge {short(f'{key}-wedge')}, Go {short(f'{key}-go')} of {len(raw[f'{key}-go'])})"
         row(f"{mib} MiB {what}{note}", w, g, "s")
     rows.append(f"| limit: `dd \\| cat > /dev/shm` | {limit:.2f} s | | file/limit: Wedge {complete_med('file-wedge') / limit:.2f}, Go {complete_med('file-go') / limit:.2f} |")
+    # The file row's time includes a container's start and removal; without them:
+    run_w, run_g = med(raw["run-wedge"]), med(raw["run-go"])
+    rows.append(f"| the file row less each shim's `ctr run --rm /bin/true` time, / limit | "
+                f"{(complete_med('file-wedge') - run_w) / limit:.2f} | {(complete_med('file-go') - run_g) / limit:.2f} | |")
     bw, bg = raw["burst-wedge"], raw["burst-go"]
     rows.append(f"| 1 MiB burst just before exit, runs byte-exact | {len(bw) - short('burst-wedge')} of {len(bw)} | "
                 f"{len(bg) - short('burst-go')} of {len(bg)} | |")
     row(f"churn: {churn_n} containers, 4 at a time", med(raw["churn-wedge"]), med(raw["churn-go"]), "/s")
-    rows.extend(stats_rows(raw))
+    rows.extend(cost_rows(raw))
     head = [f"Run {raw['date']} on {raw['machine']}{' (quick)' if raw['quick'] else ''}; medians.", "",
             "| measure | Wedge | Go shim | Wedge/Go |", "|---|---|---|---|"]
     return "\n".join(head + rows + cri_table(raw.get("cri", [])))
 
 
-def stats_rows(raw):
-    """Shim CPU per Stats, and the floor beside it."""
+def bench_costs(cd, quick):
+    """The rows of what a node pays: Stats, the node view, `start` to
+    serving, an exec storm, a containerd restart with many containers."""
+    raw = bench_stats(cd, 200 if quick else 1000)
+    raw.update(bench_node(cd, 20 if quick else 100, 20 if quick else 60))
+    raw.update(bench_start(cd, 5 if quick else 20))
+    raw.update(bench_lifecycle(cd, 5 if quick else 20))
+    for shim in ("wedge", "go"):
+        raw[f"storm-{shim}"] = bench_exec_storm(cd, shim, 50, 1 if quick else 3)
+    groups, singles = (2, 10) if quick else (10, 100)
+    raw["restart-size"] = [groups, singles]
+    for shim in ("wedge", "go"):
+        raw[f"restart-{shim}"] = [bench_restart(cd, shim, groups, singles)]
+    return raw
+
+
+def cost_rows(raw):
+    """Shim CPU per Stats and the floor beside it, the node view, `start`
+    to serving, the exec storm and the containerd restart."""
     if "stats-cpu-wedge" not in raw:
         return []
+    rows = stats_rows(raw)
+    st = raw["start"]
+    k = lambda shim, f: med([r[f] for r in st[shim]])
+    w, g = k("wedge", "wall_us"), k("go", "wall_us")
+    rows.append(f"| `start` to serving: wall, spawn to the daemon's Connect answer ({len(st['wedge'])} runs) | "
+                f"{w / 1e3:.1f} ms | {g / 1e3:.1f} ms | {w / g:.2f} |")
+    cpu = lambda shim: med([r["start_cpu_us"] + r["daemon_cpu_us"] for r in st[shim]])
+    rows.append(f"| `start` to serving: CPU of `start` + the daemon until it answers | "
+                f"{cpu('wedge') / 1e3:.2f} ms | {cpu('go') / 1e3:.2f} ms | {cpu('wedge') / cpu('go'):.2f} |")
+    lc = raw["lifecycle"]
+    w, g = med(lc["wedge"]), med(lc["go"])
+    rows.append(f"| shim CPU per container lifecycle, `ctr run --rm /bin/true` (`start`, daemon, `delete`; "
+                f"{len(lc['wedge'])} runs) | {w / 1e6:.2f} ms | {g / 1e6:.2f} ms | {w / g:.2f} |")
+    sw, sg = raw["storm-wedge"], raw["storm-go"]
+    rows.append(f"| 50 concurrent `ctr task exec` into one container: p50 ({len(sw)} execs) | "
+                f"{med(sw) * 1e3:.0f} ms | {med(sg) * 1e3:.0f} ms | {med(sw) / med(sg):.2f} |")
+    rows.append(f"| 50 concurrent `ctr task exec` into one container: p95 | "
+                f"{p95(sw) * 1e3:.0f} ms | {p95(sg) * 1e3:.0f} ms | {p95(sw) / p95(sg):.2f} |")
+    groups, singles = raw["restart-size"]
+    rw, rg = med(raw["restart-wedge"]), med(raw["restart-go"])
+    rows.append(f"| containerd SIGKILLed and restarted with {groups * 10 + singles} running containers "
+                f"({groups} groups of 10, {singles} single): until `ctr task ls` lists them all | "
+                f"{rw:.2f} s | {rg:.2f} s | {rw / rg:.2f} |")
+    return rows
+
+
+def stats_rows(raw):
+    """Shim CPU per Stats, and the floor beside it."""
     w, g, f = raw["stats-cpu-wedge"] / 1e3, raw["stats-cpu-go"] / 1e3, raw["stats-floor"]
     rows = []
     if "node" in raw:

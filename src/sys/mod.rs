@@ -254,6 +254,25 @@ pub fn exec_path(path: &std::path::Path, argv: &ExecArgs, env: &ExecArgs) -> io:
     io::Error::last_os_error()
 }
 
+/// Waits for the child `pid` (not yet waited for) and returns its wait
+/// status and the CPU time it used (user + system, with that of its own
+/// waited-for children). For the bench, which counts a shim's `start`.
+pub fn wait_with_cpu(pid: i32) -> io::Result<(i32, std::time::Duration)> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage (integers and timevals) is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes only into `status` and `usage`, both live locals.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Ok((
+        status,
+        std::time::Duration::from_micros(us(usage.ru_utime) + us(usage.ru_stime)),
+    ))
+}
+
 /// Returns freed heap memory to the kernel, so a shim's resident size comes
 /// back down after bursts of work (many execs) instead of keeping its peak.
 pub fn trim_heap() {
