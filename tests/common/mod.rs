@@ -754,18 +754,25 @@ impl Drop for Env {
                 }
             }
         }
+        // The namespace's cgroups, and CRI's pod cgroups under `<ns>-cri`
+        // (left when a CRI test fails before it removes its pods).
         for h in cgroup_hierarchies() {
-            let d = h.join(&self.ns);
-            if let Ok(rd) = std::fs::read_dir(&d) {
-                for e in rd.flatten() {
-                    if e.path().is_dir() {
-                        let _ = std::fs::remove_dir(e.path());
-                    }
-                }
+            for d in [h.join(&self.ns), h.join(format!("{}-cri", self.ns))] {
+                remove_empty_cgroups(&d);
             }
-            let _ = std::fs::remove_dir(&d);
         }
     }
+}
+
+/// Removes a cgroup directory and every cgroup below it that has no
+/// process, deepest first.
+fn remove_empty_cgroups(d: &Path) {
+    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            remove_empty_cgroups(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(d);
 }
 
 /// Calls a Task API method on the shim at `addr` (10 s timeout).
