@@ -32,15 +32,20 @@ use wedge::ttrpc::Client;
 
 const TASK: &str = "containerd.task.v2.Task";
 
+/// One Task API call (10 s timeout); the answer's payload.
+async fn call(c: &mut Client, method: &str, req: &impl Message) -> Option<Vec<u8>> {
+    let payload = req.write_to_bytes().expect("encode the request");
+    c.call(TASK, method, payload, &[], Duration::from_secs(10))
+        .await
+        .ok()
+}
+
 async fn stats(c: &mut Client, id: &str) -> bool {
     let req = StatsRequest {
         id: id.to_string(),
         ..Default::default()
     };
-    let payload = req.write_to_bytes().expect("encode StatsRequest");
-    c.call(TASK, "Stats", payload, &[], Duration::from_secs(10))
-        .await
-        .is_ok()
+    call(c, "Stats", &req).await.is_some()
 }
 
 /// CPU time every thread of `pid` has run (the scheduler's account).
@@ -122,16 +127,7 @@ async fn start_once(
         id: id.to_string(),
         ..Default::default()
     };
-    let resp = c
-        .call(
-            TASK,
-            "Connect",
-            req.write_to_bytes().unwrap(),
-            &[],
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("Connect");
+    let resp = call(&mut c, "Connect", &req).await.expect("Connect");
     let wall = t0.elapsed();
     let shim = ConnectResponse::parse_from_bytes(&resp)
         .expect("ConnectResponse")
@@ -141,15 +137,7 @@ async fn start_once(
         id: id.to_string(),
         ..Default::default()
     };
-    let _ = c
-        .call(
-            TASK,
-            "Shutdown",
-            req.write_to_bytes().unwrap(),
-            &[],
-            Duration::from_secs(10),
-        )
-        .await;
+    let _ = call(&mut c, "Shutdown", &req).await;
     drop(c);
     for _ in 0..200 {
         if !Path::new(&format!("/proc/{shim}")).exists() {

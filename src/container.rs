@@ -220,11 +220,13 @@ impl Container {
     /// The container's cgroup statistics. The stat files are opened on the
     /// first call and kept for the next ones; a removed cgroup is NotFound.
     pub fn stats(&self) -> std::io::Result<Any> {
-        let cg = self.cgroup().ok_or_else(crate::cgroup::kept::gone)?;
         let mut kept = lock(&self.stat_files);
         let mut files = match kept.take() {
             Some(f) => f,
-            None => cg.stat_files()?,
+            None => self
+                .cgroup()
+                .ok_or_else(crate::cgroup::kept::gone)?
+                .stat_files()?,
         };
         let any = files.read()?;
         if files.keep() {

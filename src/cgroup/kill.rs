@@ -175,9 +175,7 @@ fn frozen(state: &Path) -> bool {
             super::read(state.parent().unwrap_or(state), "freezer.state") == "FROZEN"
         }
         // v2: cgroup.events has "frozen 1".
-        _ => super::read_kv(state.parent().unwrap_or(state), "cgroup.events")
-            .get("frozen")
-            .is_some_and(|v| *v == 1),
+        _ => super::read_key(state.parent().unwrap_or(state), "cgroup.events", "frozen") == Some(1),
     }
 }
 

@@ -163,15 +163,12 @@ pub(crate) fn read(dir: &Path, file: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Parses `key value` lines (memory.stat, cpu.stat, …).
-pub(crate) fn read_kv(dir: &Path, file: &str) -> HashMap<String, u64> {
-    read(dir, file)
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
-        })
-        .collect()
+/// The value of `key` in a file of `key value` lines (memory.events,
+/// cgroup.events, …), if the file has it.
+pub(crate) fn read_key(dir: &Path, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read(dir.join(file)).ok()?;
+    let value = kept::pairs(&text).find_map(|(k, v)| (k == key.as_bytes()).then_some(v));
+    value
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ fn oom_kills(events: &Path) -> u64 {
 
 /// The `oom_kill` counter of `file` in `dir`, if it has one.
 fn v1_oom_kills(dir: &Path, file: &str) -> Option<u64> {
-    super::read_kv(dir, file).get("oom_kill").copied()
+    super::read_key(dir, file, "oom_kill")
 }
 
 /// Whether `now` is past the last count (and remembers it).
