@@ -573,6 +573,7 @@ CRI_ROWS = (
     ("execsync-true", "ExecSync `true`"),
     ("execsync-echo", "ExecSync `echo` (a probe that prints)"),
     ("stream-echo", "streaming exec `echo` (Exec → websocket → exit)"),
+    ("container-stats", "ContainerStats (the shim's Stats)"),
     ("stop-container", "StopContainer (exits on SIGTERM)"),
     ("remove-pod", "StopPodSandbox + RemovePodSandbox"),
 )
@@ -682,12 +683,17 @@ def main():
         print(table(raw, mib, churn_n))
 
 
+def ratio_row(name, w, g, unit, fmt="{:.2f}"):
+    """A table row: Wedge's and the Go shim's value, and their ratio."""
+    ratio = w / g if g else float("nan")
+    return f"| {name} | {fmt.format(w)} {unit} | {fmt.format(g)} {unit} | {ratio:.2f} |"
+
+
 def table(raw, mib, churn_n):
     rows = []
 
-    def row(name, w, g, unit, fmt="{:.2f}"):
-        ratio = w / g if g else float("nan")
-        rows.append(f"| {name} | {fmt.format(w)} {unit} | {fmt.format(g)} {unit} | {ratio:.2f} |")
+    def row(*args, **kw):
+        rows.append(ratio_row(*args, **kw))
 
     for key, label in (("mem-1", "1 container"), ("mem-20", "20 containers"), ("mem-10-group", "group of 10 in one shim")):
         w, g = raw[f"{key}-wedge"], raw[f"{key}-go"]
@@ -756,27 +762,25 @@ def cost_rows(raw):
         return []
     rows = stats_rows(raw)
     st = raw["start"]
-    k = lambda shim, f: med([r[f] for r in st[shim]])
-    w, g = k("wedge", "wall_us"), k("go", "wall_us")
-    rows.append(f"| `start` to serving: wall, spawn to the daemon's Connect answer ({len(st['wedge'])} runs) | "
-                f"{w / 1e3:.1f} ms | {g / 1e3:.1f} ms | {w / g:.2f} |")
-    cpu = lambda shim: med([r["start_cpu_us"] + r["daemon_cpu_us"] for r in st[shim]])
-    rows.append(f"| `start` to serving: CPU of `start` + the daemon until it answers | "
-                f"{cpu('wedge') / 1e3:.2f} ms | {cpu('go') / 1e3:.2f} ms | {cpu('wedge') / cpu('go'):.2f} |")
+    start = lambda shim, f: med([f(r) for r in st[shim]])
+    wall = lambda r: r["wall_us"] / 1e3
+    cpu = lambda r: (r["start_cpu_us"] + r["daemon_cpu_us"]) / 1e3
+    rows.append(ratio_row(f"`start` to serving: wall, spawn to the daemon's Connect answer ({len(st['wedge'])} runs)",
+                          start("wedge", wall), start("go", wall), "ms", "{:.1f}"))
+    rows.append(ratio_row("`start` to serving: CPU of `start` + the daemon until it answers",
+                          start("wedge", cpu), start("go", cpu), "ms"))
     lc = raw["lifecycle"]
-    w, g = med(lc["wedge"]), med(lc["go"])
-    rows.append(f"| shim CPU per container lifecycle, `ctr run --rm /bin/true` (`start`, daemon, `delete`; "
-                f"{len(lc['wedge'])} runs) | {w / 1e6:.2f} ms | {g / 1e6:.2f} ms | {w / g:.2f} |")
+    rows.append(ratio_row("shim CPU per container lifecycle, `ctr run --rm /bin/true` (`start`, daemon, `delete`; "
+                          f"{len(lc['wedge'])} runs)", med(lc["wedge"]) / 1e6, med(lc["go"]) / 1e6, "ms"))
     sw, sg = raw["storm-wedge"], raw["storm-go"]
-    rows.append(f"| 50 concurrent `ctr task exec` into one container: p50 ({len(sw)} execs) | "
-                f"{med(sw) * 1e3:.0f} ms | {med(sg) * 1e3:.0f} ms | {med(sw) / med(sg):.2f} |")
-    rows.append(f"| 50 concurrent `ctr task exec` into one container: p95 | "
-                f"{p95(sw) * 1e3:.0f} ms | {p95(sg) * 1e3:.0f} ms | {p95(sw) / p95(sg):.2f} |")
+    rows.append(ratio_row(f"50 concurrent `ctr task exec` into one container: p50 ({len(sw)} execs)",
+                          med(sw) * 1e3, med(sg) * 1e3, "ms", "{:.0f}"))
+    rows.append(ratio_row("50 concurrent `ctr task exec` into one container: p95",
+                          p95(sw) * 1e3, p95(sg) * 1e3, "ms", "{:.0f}"))
     groups, singles = raw["restart-size"]
-    rw, rg = med(raw["restart-wedge"]), med(raw["restart-go"])
-    rows.append(f"| containerd SIGKILLed and restarted with {groups * 10 + singles} running containers "
-                f"({groups} groups of 10, {singles} single): until `ctr task ls` lists them all | "
-                f"{rw:.2f} s | {rg:.2f} s | {rw / rg:.2f} |")
+    rows.append(ratio_row(f"containerd SIGKILLed and restarted with {groups * 10 + singles} running containers "
+                          f"({groups} groups of 10, {singles} single): until `ctr task ls` lists them all",
+                          med(raw["restart-wedge"]), med(raw["restart-go"]), "s"))
     return rows
 
 
@@ -787,13 +791,12 @@ def stats_rows(raw):
     if "node" in raw:
         nd = raw["node"]
         wn, gn = nd["wedge"], nd["go"]
-        rows = [f"| node view: {nd['n']} idle containers per shim, Stats for each once a second, "
-                f"{nd['secs']} s: total shim CPU | {wn['busy_ns'] / 1e9:.2f} s | {gn['busy_ns'] / 1e9:.2f} s | "
-                f"{wn['busy_ns'] / gn['busy_ns']:.2f} |",
-                f"| the same {nd['n']} containers at rest for {nd['secs']} s: total shim CPU | "
-                f"{wn['idle_ns'] / 1e9:.3f} s | {gn['idle_ns'] / 1e9:.3f} s | "
-                f"{wn['idle_ns'] / gn['idle_ns'] if gn['idle_ns'] else float('nan'):.2f} |"]
-    return rows + [f"| shim CPU per Stats (straight to the shim, as containerd sends it; cgroup v1) | {w:.0f} µs | {g:.0f} µs | {w / g:.2f} |",
+        rows = [ratio_row(f"node view: {nd['n']} idle containers per shim, Stats for each once a second, "
+                          f"{nd['secs']} s: total shim CPU", wn["busy_ns"] / 1e9, gn["busy_ns"] / 1e9, "s"),
+                ratio_row(f"the same {nd['n']} containers at rest for {nd['secs']} s: total shim CPU",
+                          wn["idle_ns"] / 1e9, gn["idle_ns"] / 1e9, "s", "{:.3f}")]
+    return rows + [ratio_row("shim CPU per Stats (straight to the shim, as containerd sends it; cgroup v1)",
+                             w, g, "µs", "{:.0f}"),
             f"| floor: read the same {f['files']} files once (open+read+close / kept open, pread) | "
             f"{f['open_ns'] / 1e3:.0f} µs / {f['pread_ns'] / 1e3:.0f} µs | | "
             f"Wedge/floor: {w * 1e3 / f['open_ns']:.2f} / {w * 1e3 / f['pread_ns']:.2f} |"]
@@ -811,6 +814,8 @@ def cri_table(runs):
                 "| CRI path | Wedge median | Go median | ratio | Wedge p95 | Go p95 | ratio |",
                 "|---|---|---|---|---|---|---|"]
         for key, label in CRI_ROWS:
+            if f"{key}-wedge" not in s:
+                continue  # a run from before the row existed
             w, g = s[f"{key}-wedge"], s[f"{key}-go"]
             out.append(f"| {label} | {med(w) * 1000:.1f} | {med(g) * 1000:.1f} | {med(w) / med(g):.2f} | "
                        f"{p95(w) * 1000:.1f} | {p95(g) * 1000:.1f} | {p95(w) / p95(g):.2f} |")

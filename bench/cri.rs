@@ -6,7 +6,8 @@
 //! Per round and shim: RunPodSandbox → CreateContainer → StartContainer
 //! (pod start to container started); ExecSync of `true` and of `echo`;
 //! streaming exec of `echo` (CRI Exec, then the streaming server's
-//! websocket, to the exit status); StopContainer (a container that exits on
+//! websocket, to the exit status); ContainerStats (answered from the
+//! shim's Stats); StopContainer (a container that exits on
 //! SIGTERM); StopPodSandbox + RemovePodSandbox.
 //!
 //! `cargo bench --bench cri -- [--rounds N] [--execs N] [--json FILE]`
@@ -87,6 +88,17 @@ async fn round(
         let r = stream_exec(rt, &id, &["echo", "probe"]).await;
         record(s, "stream-echo", shim, t);
         assert_eq!(r.stdout, b"probe\n", "{}", r.status);
+        // The kubelet's stats loop: containerd answers from the shim's Stats.
+        let t = Instant::now();
+        let st = rt
+            .container_stats(ContainerStatsRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        record(s, "container-stats", shim, t);
+        assert!(st.stats.and_then(|c| c.memory).is_some(), "no memory stats");
     }
     let t = Instant::now();
     rt.stop_container(StopContainerRequest {
