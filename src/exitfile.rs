@@ -22,7 +22,9 @@ const OOM: &str = "init.oom";
 
 /// Records that the container was OOM-killed.
 pub fn write_oom(bundle: &Path) -> io::Result<()> {
-    crate::fsutil::write_atomic(&bundle.join(OOM), b"oom\n", 0o600)
+    crate::sys::nofile::with_spare(|| {
+        crate::fsutil::write_atomic(&bundle.join(OOM), b"oom\n", 0o600)
+    })
 }
 
 /// Whether an OOM kill of the container was recorded.
@@ -37,13 +39,16 @@ const GO_FILE: &str = "exit.json";
 pub fn write(bundle: &Path, pid: u32, exit: &ExitInfo) -> io::Result<()> {
     let d = exit.at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let line = format!("{} {}.{:09}\n", exit.status, d.as_secs(), d.subsec_nanos());
-    crate::fsutil::write_atomic(&bundle.join(FILE), line.as_bytes(), 0o600)?;
     let go = format!(
         r#"{{"Timestamp":"{}","Pid":{pid},"Status":{}}}"#,
         rfc3339(d),
         exit.status
     );
-    crate::fsutil::write_atomic(&bundle.join(GO_FILE), go.as_bytes(), 0o600)
+    // Never lost for want of an fd: the spare one is used if need be.
+    crate::sys::nofile::with_spare(|| {
+        crate::fsutil::write_atomic(&bundle.join(FILE), line.as_bytes(), 0o600)?;
+        crate::fsutil::write_atomic(&bundle.join(GO_FILE), go.as_bytes(), 0o600)
+    })
 }
 
 /// Reads the record, if the init process's exit was recorded (by Wedge, or

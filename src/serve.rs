@@ -94,6 +94,7 @@ pub fn run(flags: &Flags) -> Result<(), String> {
         crate::sys::close_inherited_fds();
         redirect_log();
     }
+    crate::sys::nofile::init();
     become_subreaper().map_err(|e| format!("set child subreaper: {e}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()

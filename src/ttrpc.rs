@@ -182,6 +182,51 @@ pub struct Server<D: Dispatch> {
     accept: std::sync::Mutex<Option<tokio::task::JoinHandle<Option<UnixListener>>>>,
 }
 
+/// Accepts a waiting connection now, or says `WouldBlock` (and then the
+/// listener waits for readiness again, as after any `WouldBlock`).
+fn try_accept(listener: &UnixListener) -> io::Result<UnixStream> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match listener.poll_accept(&mut cx) {
+        std::task::Poll::Ready(r) => r.map(|(s, _)| s),
+        std::task::Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
+/// What went wrong in accepting, said once and then at most every
+/// [`AcceptFaults::EVERY`], with counts, so a lasting fault cannot flood
+/// the log.
+#[derive(Default)]
+struct AcceptFaults {
+    refused: u64,
+    failed: u64,
+    said: Option<std::time::Instant>,
+}
+
+impl AcceptFaults {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Counts one fault: a connection closed for want of an fd (`refused`)
+    /// or a failed accept.
+    fn note(&mut self, e: &std::io::Error, refused: bool) {
+        if refused {
+            self.refused += 1;
+        } else {
+            self.failed += 1;
+        }
+        if self.said.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return;
+        }
+        let (soft, _) = crate::sys::nofile::limits();
+        crate::warn!(
+            "ttrpc accept: {e} (fd limit {soft}); {} connection(s) closed unserved, {} failed accept(s) since the last report",
+            self.refused,
+            self.failed
+        );
+        (self.refused, self.failed) = (0, 0);
+        self.said = Some(std::time::Instant::now());
+    }
+}
+
 /// Accepts connections on `listener` forever, serving each with `handler`.
 pub async fn serve<D: Dispatch>(listener: UnixListener, handler: Arc<D>) {
     let server = Server::start(listener, handler, Vec::new());
@@ -222,6 +267,7 @@ impl<D: Dispatch> Server<D> {
 
     async fn accept_loop(self: Arc<Self>, listener: UnixListener) -> Option<UnixListener> {
         let mut gate = self.gate.subscribe();
+        let mut faults = AcceptFaults::default();
         loop {
             tokio::select! {
                 r = gate.changed() => {
@@ -234,8 +280,27 @@ impl<D: Dispatch> Server<D> {
                         Ok(()) => self.add_conn(s, Vec::new(), Vec::new()),
                         Err(e) => crate::warn!("ttrpc: refusing connection: {e}"),
                     },
+                    Err(e) if crate::sys::nofile::is_exhausted(&e) => {
+                        if crate::sys::nofile::raise().is_none() {
+                            // No fd to serve it: the connection is refused
+                            // (closed) rather than left queued for ever.
+                            match crate::sys::nofile::with_spare(|| try_accept(&listener)) {
+                                Ok(refused) => {
+                                    drop(refused);
+                                    faults.note(&e, true);
+                                }
+                                // Nothing was waiting (the kernel takes the
+                                // fd before it looks).
+                                Err(w) if w.kind() == io::ErrorKind::WouldBlock => {}
+                                Err(_) => {
+                                    faults.note(&e, false);
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                            }
+                        }
+                    }
                     Err(e) => {
-                        crate::warn!("ttrpc accept: {e}");
+                        faults.note(&e, false);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },

@@ -475,7 +475,7 @@ impl Forwarder {
 
     fn keep(&self, payload: &[u8]) {
         let Some(store) = &self.store else { return };
-        match store.append(payload) {
+        match crate::sys::nofile::with_spare(|| store.append(payload)) {
             Ok(0) => {}
             Ok(n) => crate::error!("event store full: dropped the {n} oldest kept events"),
             Err(e) => crate::error!("event store {}: {e}; event dropped", store.path().display()),

@@ -196,6 +196,7 @@ fn mount_with_helper(
         cmd.args(["-o", o]);
     }
     cmd.args(["-t", fstype]).stdin(std::process::Stdio::null());
+    crate::sys::nofile::restore_in(&mut cmd);
     let out = cmd.output()?;
     if out.status.success() {
         return Ok(());

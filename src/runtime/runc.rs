@@ -212,6 +212,7 @@ impl Runc {
             }
         };
         crate::sys::kill_on_parent_death(&mut cmd);
+        crate::sys::nofile::restore_in(&mut cmd);
         // Its own process group: an abandoned call is killed with everything
         // it started (a wrapper script's children too).
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

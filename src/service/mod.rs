@@ -57,6 +57,13 @@ impl Dispatch for TaskService {
             crate::debug!("rpc {method}");
             // A request means containerd is up: kept events can go.
             self.events.containerd_seen();
+            if matches!(method.as_str(), "Create" | "Start" | "Exec") {
+                // They open descriptors: a limit lowered since (prlimit)
+                // is raised again first.
+                if let Some((from, to)) = crate::sys::nofile::raise() {
+                    crate::warn!("fd limit was {from}; raised to {to}");
+                }
+            }
             match method.as_str() {
                 "Create" => encode(self.create(decode(&payload)?).await),
                 "Start" => encode(self.start(decode(&payload)?).await),

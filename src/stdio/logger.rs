@@ -72,6 +72,7 @@ impl Logger {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         crate::sys::pass_fds(&mut cmd, &[(stdout_r, 3), (stderr_r, 4), (&ready_w, 5)]);
+        crate::sys::nofile::restore_in(&mut cmd);
         let mut exits = reaper.subscribe();
         let child = cmd.spawn()?;
         drop(cmd);

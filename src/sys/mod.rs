@@ -5,6 +5,8 @@
 //! Nothing else in the crate touches raw file descriptors.
 #![allow(unsafe_code)]
 
+pub mod nofile;
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -227,8 +229,11 @@ impl ExecArgs {
 
 /// Replaces this process's image with the executable open as `exe` (even
 /// if its file was replaced since), keeping the pid, the children and every
-/// descriptor without close-on-exec. Returns only on failure.
+/// descriptor without close-on-exec. The fd limit the shim started with is
+/// put back first (the next image raises it again, and records the same
+/// original), and raised again if the exec fails. Returns only on failure.
 pub fn exec_fd(exe: RawFd, argv: &ExecArgs, env: &ExecArgs) -> io::Error {
+    nofile::restore_here();
     // SAFETY: argv and env are NULL-terminated arrays of pointers to
     // NUL-terminated strings owned by the ExecArgs, which outlive the call;
     // `exe` is an open descriptor of an executable. On success the call does
@@ -236,7 +241,9 @@ pub fn exec_fd(exe: RawFd, argv: &ExecArgs, env: &ExecArgs) -> io::Error {
     unsafe {
         libc::fexecve(exe, argv.ptrs.as_ptr(), env.ptrs.as_ptr());
     }
-    io::Error::last_os_error()
+    let err = io::Error::last_os_error();
+    nofile::raise();
+    err
 }
 
 /// Replaces this process's image with the program at `path` (see
@@ -246,12 +253,15 @@ pub fn exec_path(path: &std::path::Path, argv: &ExecArgs, env: &ExecArgs) -> io:
     let Ok(p) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return io::Error::from(io::ErrorKind::InvalidInput);
     };
+    nofile::restore_here();
     // SAFETY: as in `exec_fd`, with `p` a NUL-terminated path that outlives
     // the call.
     unsafe {
         libc::execve(p.as_ptr(), argv.ptrs.as_ptr(), env.ptrs.as_ptr());
     }
-    io::Error::last_os_error()
+    let err = io::Error::last_os_error();
+    nofile::raise();
+    err
 }
 
 /// Waits for the child `pid` (not yet waited for) and returns its wait

@@ -146,7 +146,9 @@ pub fn check_main() -> i32 {
 
 /// Runs `<path> -upgrade-check` with `input`; its stdout, or why it failed.
 fn run_check(path: &Path, input: &[u8]) -> Result<String, String> {
-    let mut child = Command::new(path)
+    let mut cmd = Command::new(path);
+    crate::sys::nofile::restore_in(&mut cmd);
+    let mut child = cmd
         .arg("-upgrade-check")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -223,6 +223,9 @@ pub fn docker_image_tar() -> PathBuf {
 /// `slow-exec` exists, `exec` first creates `exec-begun` and sleeps for the
 /// seconds `slow-exec` holds: a slow runtime.
 pub const HANG_RUNC: &str = "hang-runc";
+
+/// The soft fd limit containerd starts with (and gives its shims).
+pub const CONTAINERD_SOFT_NOFILE: u64 = 1024;
 /// What the wrapper's hung calls run as (to find leftovers).
 pub const HUNG_CMDLINE: &str = "/bin/sleep 2147483646";
 
@@ -826,7 +829,11 @@ fn spawn_containerd(d: &Path) -> std::process::Child {
         path = format!("{path}:{}", Path::new(&dir).display());
     }
     let path = format!("{path}:{}", std::env::var("PATH").unwrap_or_default());
-    Command::new(containerd_bin("containerd"))
+    // With the soft fd limit a service gets from systemd by default (its
+    // hard limit stays), which containerd gives back to the shims it starts.
+    Command::new("prlimit")
+        .arg(format!("--nofile={CONTAINERD_SOFT_NOFILE}:"))
+        .arg(containerd_bin("containerd"))
         .arg("--config")
         .arg(d.join("config.toml"))
         .env("PATH", path)

@@ -1,0 +1,248 @@
+//! Faults a node really has, under a real containerd: too few file
+//! descriptors, a log disk that fills, a full state directory, a tight
+//! memory cgroup. The container never blocks or dies because of the shim,
+//! nothing is lost without being counted and said, and the shim recovers by
+//! itself when the fault goes away.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const I: Install = Install::Wedge;
+
+/// The soft and hard `RLIMIT_NOFILE` of `pid`.
+fn nofile(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (f[0], f[1])
+}
+
+/// Sets the soft (and, when given, hard) fd limit of `pid`.
+fn set_nofile(pid: u32, soft: u64, hard: Option<u64>) {
+    let hard = hard.unwrap_or_else(|| nofile(pid).1);
+    let out = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={soft}:{hard}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "prlimit --pid {pid} --nofile={soft}:{hard}: {}; {}",
+        stderr(&out),
+        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+    );
+}
+
+/// `ctr run -d` of a `sleep 600` in shim group `group`, bounded by `limit`.
+fn run_in_group(env: &Env, id: &str, group: &str, limit: Duration) -> (Output, Duration) {
+    env.track(id);
+    let annotation = format!("io.containerd.runc.v2.group={group}");
+    let args = [
+        "run",
+        "-d",
+        "--runtime",
+        WEDGE_RUNTIME,
+        "--annotation",
+        &annotation,
+        IMAGE,
+        id,
+        "sleep",
+        "600",
+    ];
+    bounded(env.ctr_cmd(&args), limit)
+}
+
+/// Runs `cmd` to its end, killing it past `limit`; its output and how long
+/// it took.
+fn bounded(mut cmd: Command, limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child.wait_with_output().unwrap(), start.elapsed())
+}
+
+/// An exec of `echo` in `id`: its output, bounded.
+fn echo(env: &Env, id: &str, exec_id: &str, limit: Duration) -> (Output, Duration) {
+    let args = ["task", "exec", "--exec-id", exec_id, id, "echo", exec_id];
+    bounded(env.ctr_cmd(&args), limit)
+}
+
+#[test]
+fn the_shim_raises_its_fd_limit_and_gives_what_it_starts_the_original() {
+    // Installed as the Go shim (ctr's --runc-binary wants that runtime).
+    let env = Env::start(Install::DropIn);
+    // A containerd built with Go before 1.21 passes its raised limit on:
+    // lower it, as a node's service manager would have it.
+    let hard = nofile(env.containerd_pid()).1;
+    set_nofile(env.containerd_pid(), CONTAINERD_SOFT_NOFILE, Some(hard));
+    // A runtime that records the soft limit it was started with.
+    let record = env.dir.path().join("runc-limits");
+    let wrapper = env.dir.path().join("bin/limits-runc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit -Sn >> {}\nexec runc \"$@\"\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = env.run(
+        "limits",
+        &["-d", "--runc-binary", wrapper.to_str().unwrap()],
+        &["sleep", "600"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("limits", "RUNNING");
+    let shim = env.shim_pid("limits").unwrap();
+    let (soft, hard) = nofile(shim);
+    assert_eq!(
+        soft, hard,
+        "the shim's soft limit is raised to its hard one"
+    );
+    assert!(
+        hard > CONTAINERD_SOFT_NOFILE,
+        "the test needs room to raise"
+    );
+    let out = env.ctr(&["task", "exec", "--exec-id", "e", "limits", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = std::fs::read_to_string(&record).unwrap();
+    let seen: Vec<&str> = seen.lines().collect();
+    assert!(seen.len() >= 3, "create, start, exec: {seen:?}");
+    assert!(
+        seen.iter()
+            .all(|l| *l == CONTAINERD_SOFT_NOFILE.to_string()),
+        "every runtime call gets containerd's soft limit back: {seen:?}"
+    );
+    env.finish("limits");
+    env.assert_clean();
+}
+
+/// Ten containers in one shim (over 100 fds), its fd limit lowered under
+/// its feet: first the soft limit to 64 (the shim raises it again and
+/// everything goes on), then the hard one too (new calls fail fast and
+/// clearly, nothing hangs, and the exit of a container that ends meanwhile
+/// is recorded and reported once the limit is back).
+#[test]
+fn a_shim_out_of_fds_answers_fast_loses_no_exit_and_recovers() {
+    let env = Env::start(I);
+    let limit = slack(Duration::from_secs(20));
+    let ids: Vec<String> = (0..10).map(|i| format!("fd{i}")).collect();
+    for id in &ids {
+        let (out, _) = run_in_group(&env, id, "fds", limit);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for id in &ids {
+        env.wait_status(id, "RUNNING");
+    }
+    let shim = env.shim_pid("fd0").unwrap();
+    let (_, fds) = threads_and_fds(shim);
+    assert!(fds > 64, "ten containers hold {fds} fds");
+    let (_, hard) = nofile(shim);
+
+    // The soft limit alone: raised again at the next call.
+    set_nofile(shim, 64, None);
+    for i in 0..3 {
+        let id = format!("fdnew{i}");
+        let (out, _) = run_in_group(&env, &id, "fds", limit);
+        assert!(out.status.success(), "{id}: {}", stderr(&out));
+    }
+    assert_eq!(nofile(shim).0, hard, "raised again");
+    for id in &ids {
+        let (out, _) = echo(&env, id, "soft", limit);
+        assert!(out.status.success(), "{id}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "soft\n");
+    }
+
+    // The hard limit too (which nothing can raise again here: no
+    // CAP_SYS_RESOURCE), just above what the shim holds: no room.
+    let (_, fds) = threads_and_fds(shim);
+    let low = fds as u64 + 1;
+    set_nofile(shim, low, Some(low));
+    let (out, took) = run_in_group(&env, "fdnone", "fds", limit);
+    assert!(!out.status.success(), "created with no fd to spare");
+    assert!(took < limit, "Create answered in {took:?}");
+    let (out, took) = echo(&env, "fd1", "hard", limit);
+    assert!(!out.status.success(), "exec with no fd to spare");
+    assert!(took < limit, "Exec answered in {took:?}");
+    assert!(
+        stderr(&out).contains("too many open files"),
+        "a clear error: {}",
+        stderr(&out)
+    );
+    // Containers that end now (killed without the runtime, which cannot
+    // start): each exit is recorded all the same.
+    let ending: Vec<String> = ids[2..]
+        .iter()
+        .cloned()
+        .chain((0..3).map(|i| format!("fdnew{i}")))
+        .collect();
+    let events = env.events();
+    for id in &ending {
+        let out = env.ctr(&["task", "kill", "-s", "KILL", id]);
+        assert!(out.status.success(), "{id}: {}", stderr(&out));
+    }
+    for id in &ending {
+        let record = env.bundle(id).join("init.exit");
+        let deadline = Instant::now() + limit;
+        while !record.exists() {
+            assert!(Instant::now() < deadline, "no exit record for {id}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let line = std::fs::read_to_string(&record).unwrap();
+        assert!(line.starts_with("137 "), "{id}: SIGKILL's status: {line}");
+    }
+
+    // Their fds freed, the shim serves again within the low limit (new
+    // connections, cgroup reads, runtime calls; not an exec: runc cannot
+    // give it the spec's 1024-fd limit above a hard limit now lower), and
+    // every exit was reported once.
+    let deadline = Instant::now() + limit;
+    while threads_and_fds(shim).1 as u64 + 16 > low {
+        assert!(Instant::now() < deadline, "the ended containers' fds stay");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for id in &ids[..2] {
+        assert!(env.state(id, "").pid > 0, "State over a new connection");
+        let out = env.ctr(&["task", "ps", id]);
+        assert!(out.status.success(), "{id}: {}", stderr(&out));
+    }
+    for id in &ending {
+        env.wait_status(id, "STOPPED");
+        let exits = events
+            .wait_for(id, &["/tasks/exit"])
+            .into_iter()
+            .filter(|t| t == "/tasks/exit")
+            .count();
+        assert_eq!(exits, 1, "{id}: one exit event");
+    }
+    let _ = env.ctr(&["container", "rm", "fdnone"]);
+    for id in ids[..2].iter().chain(&ending) {
+        env.finish(id);
+    }
+    env.assert_clean();
+}
