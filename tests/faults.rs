@@ -246,3 +246,133 @@ fn a_shim_out_of_fds_answers_fast_loses_no_exit_and_recovers() {
     }
     env.assert_clean();
 }
+
+/// A tmpfs of `size` mounted at `dir` for as long as the guard lives.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Bytes the shim said it dropped for want of room, in its "room again"
+/// lines, summed.
+fn dropped_for_room(log: &str) -> Option<u64> {
+    let counts: Vec<u64> = log
+        .lines()
+        .filter_map(|l| {
+            if let Some(i) = l.find("room again after") {
+                let (_, n) = l[i..].split_once(": ")?;
+                n.split_whitespace().next()?.parse().ok()
+            } else {
+                let i = l.find("output ended with ")? + "output ended with ".len();
+                l[i..].split_whitespace().next()?.parse().ok()
+            }
+        })
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
+/// A `file://` log on a file system that fills during a burst: the
+/// container goes on (it never blocks on its output), the shim says at
+/// warning level which file has no room and, once there is room again, how
+/// many bytes it dropped; writing resumes, and what is in the file plus what
+/// was dropped is exactly what the container wrote.
+#[test]
+fn a_full_log_disk_drops_counted_output_and_resumes_when_room_returns() {
+    let env = Env::start(I);
+    let logs = Tmpfs::mount(&env.dir.path().join("logs"), "4m");
+    let filler = logs.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 3 << 20]).unwrap();
+    let log = logs.0.join("out.log");
+    let burst: u64 = 8 << 20;
+    let script = format!(
+        "head -c {burst} /dev/zero; touch /burst-done; \
+         while [ ! -e /go ]; do sleep 0.05; done; echo AFTER; exit 3"
+    );
+    let uri = format!("file://{}", log.display());
+    let out = env.run("full", &["-d", "--log-uri", &uri], &["sh", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let limit = slack(Duration::from_secs(20));
+    // The burst ends although the disk is full: the container is not held.
+    let (out, _) = bounded(
+        env.ctr_cmd(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "w",
+            "full",
+            "sh",
+            "-c",
+            "while [ ! -e /burst-done ]; do sleep 0.05; done",
+        ]),
+        limit,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + limit;
+    while !env
+        .containerd_log()
+        .contains("dropping output until it has room again")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no warning: {}",
+            env.containerd_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        env.containerd_log()
+            .contains(&format!("{}: no space left on device", log.display()))
+            || env
+                .containerd_log()
+                .contains(&format!("{}: No space left on device", log.display())),
+        "the warning names the file: {}",
+        env.containerd_log()
+    );
+    // Room again; the container writes on.
+    std::fs::remove_file(&filler).unwrap();
+    let out = env.ctr(&["task", "exec", "--exec-id", "go", "full", "touch", "/go"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_status("full", "STOPPED");
+    assert_eq!(env.state("full", "").exit_status, 3);
+    let deadline = Instant::now() + limit;
+    let dropped = loop {
+        if let Some(n) = dropped_for_room(&env.containerd_log()) {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no count: {}",
+            env.containerd_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let kept = std::fs::read(&log).unwrap();
+    assert!(kept.ends_with(b"AFTER\n"), "writing resumed");
+    assert!(dropped > 0, "the burst did not fit");
+    assert_eq!(
+        kept.len() as u64 + dropped,
+        burst + 6,
+        "kept {} + dropped {dropped}",
+        kept.len()
+    );
+    env.finish("full");
+    drop(logs);
+    env.assert_clean();
+}

@@ -168,6 +168,37 @@ pub enum Phase {
     },
     /// The destination broke: the source is drained into nothing.
     Draining,
+    /// The destination file has no room (its file system or quota is
+    /// full): each chunk the source writes is tried on the file (one failed
+    /// write costs what the read did) and what does not fit is dropped and
+    /// counted. Handed over as `Flowing`, which finds out again.
+    NoRoom(NoRoom),
+}
+
+/// How often a relay still dropping for want of room says so.
+const NO_ROOM_REPORT: Duration = Duration::from_secs(10);
+
+/// What a relay dropped since its file ran out of room.
+pub struct NoRoom {
+    dropped: u64,
+    since: std::time::Instant,
+    said_at: std::time::Instant,
+}
+
+impl NoRoom {
+    fn new() -> NoRoom {
+        let now = std::time::Instant::now();
+        NoRoom {
+            dropped: 0,
+            since: now,
+            said_at: now,
+        }
+    }
+}
+
+/// Whether a write failed because the file (system, quota) is full.
+fn is_no_room(e: Errno) -> bool {
+    matches!(e, Errno::NOSPC | Errno::DQUOT | Errno::FBIG)
 }
 
 /// A paused relay: everything needed to resume it, here or in the next
@@ -402,6 +433,86 @@ impl Relay {
                 drain(&self.src, Some(&self.flow)).await;
                 Ok(None)
             }
+            Phase::NoRoom(state) => self.no_room(state).await,
+        }
+    }
+
+    /// The file a failed write went to, for the operator.
+    fn dst_name(&self) -> String {
+        std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.dst.fd())
+        ))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "output file".into())
+    }
+
+    /// The phase after a failed write to the destination.
+    fn broken(&self, e: Errno) -> Phase {
+        if is_no_room(e) {
+            crate::warn!(
+                "{}: {}: dropping output until it has room again",
+                self.dst_name(),
+                io::Error::from(e)
+            );
+            return Phase::NoRoom(NoRoom::new());
+        }
+        crate::debug!("relay: destination failed ({e}); discarding the rest");
+        Phase::Draining
+    }
+
+    /// The file has no room: write what the source writes as far as it
+    /// fits, drop (and count) the rest, and flow again once a chunk goes in
+    /// whole.
+    async fn no_room(&mut self, state: &mut NoRoom) -> io::Result<Option<Phase>> {
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let mut ready = self.src.readable().await?;
+            let n = match rustix::io::read(self.src.get_ref(), &mut buf[..]) {
+                Ok(0) | Err(Errno::IO) => {
+                    crate::warn!(
+                        "{}: output ended with {} bytes dropped for want of room",
+                        self.dst_name(),
+                        state.dropped
+                    );
+                    return Ok(None);
+                }
+                Ok(n) => n,
+                Err(Errno::AGAIN) => {
+                    ready.clear_ready();
+                    continue;
+                }
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.flow.add_taken(n);
+            let written = match self.write_some(&buf[..n]) {
+                Ok(w) => w,
+                Err((w, e)) if is_no_room(e) => w,
+                Err((w, e)) => {
+                    self.flow.add_dropped((n - w) as u64);
+                    return Ok(Some(self.broken(e)));
+                }
+            };
+            self.flow.add_dropped((n - written) as u64);
+            state.dropped += (n - written) as u64;
+            if written == n {
+                crate::warn!(
+                    "{}: room again after {:?}: {} bytes were dropped",
+                    self.dst_name(),
+                    state.since.elapsed(),
+                    state.dropped
+                );
+                return Ok(Some(Phase::Flowing));
+            }
+            if state.said_at.elapsed() >= NO_ROOM_REPORT {
+                state.said_at = std::time::Instant::now();
+                crate::warn!(
+                    "{}: still no room: {} bytes dropped so far",
+                    self.dst_name(),
+                    state.dropped
+                );
+            }
         }
     }
 
@@ -419,10 +530,7 @@ impl Relay {
                 Step::CannotSplice => self.splice = false,
                 Step::SourceEmpty => ready.clear_ready(),
                 Step::Eof => return Ok(None),
-                Step::Broken(e) => {
-                    crate::debug!("relay: destination failed ({e}); discarding the rest");
-                    return Ok(Some(Phase::Draining));
-                }
+                Step::Broken(e) => return Ok(Some(self.broken(e))),
                 Step::DestFull(pending) => return Ok(Some(Phase::Full(pending))),
             }
         }
@@ -460,9 +568,8 @@ impl Relay {
                 Ok(Some(Phase::Full(std::mem::take(pending))))
             }
             Err((n, e)) => {
-                crate::debug!("relay: destination failed ({e}); discarding the rest");
                 self.flow.add_dropped((pending.len() - n) as u64);
-                Ok(Some(Phase::Draining))
+                Ok(Some(self.broken(e)))
             }
         }
     }
@@ -1082,6 +1189,7 @@ mod tests {
                         Phase::Full(_) => "full",
                         Phase::Spilling { .. } => "spilling",
                         Phase::Draining => "draining",
+                        Phase::NoRoom(_) => "no room",
                     });
                     state = s;
                 }

@@ -6,7 +6,8 @@
 //! the bundle (`O_TMPFILE`, or a file unlinked at once where the filesystem
 //! lacks it: nothing is left behind if the shim dies). Memory content always
 //! precedes file content: new bytes go to memory only while no file exists.
-//! Past the policy's cap, bytes are dropped and counted. [`Spill::send`]
+//! Past the policy's cap, or when the file would take its file system below
+//! [`FREE_SHARE`] free, bytes are dropped and counted. [`Spill::send`]
 //! replays in order. A spill exists only while a reader is stalled; an idle
 //! relay holds none, and a replayed spill frees its memory and closes its file.
 
@@ -21,6 +22,9 @@ use super::relay::Flow;
 
 /// Bytes kept in memory before the spill moves to a file.
 pub const MEM_MAX: usize = 256 * 1024;
+/// A spill file grows only while its file system keeps this share free
+/// (1/4): all spills together never take more than 3/4 of it.
+pub const FREE_SHARE: u64 = 4;
 /// Default cap of one stream's spill.
 pub const DEFAULT_MAX: u64 = 64 << 20;
 
@@ -180,6 +184,17 @@ impl Spill {
             });
         }
         let f = self.file.as_mut().expect("opened above");
+        // Never what fills its file system (the bundle's is /run: memory).
+        let st = rustix::fs::fstatvfs(&f.fd)?;
+        let (free, size) = (st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize);
+        if free < data.len() as u64 + size / FREE_SHARE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "{free} of {size} bytes free, and a spill leaves 1/{FREE_SHARE} of its file system free"
+                ),
+            ));
+        }
         while !data.is_empty() {
             match rustix::io::pwrite(&f.fd, data, f.write) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -431,5 +446,69 @@ mod tests {
         none.push(&[3u8; 10], &flow);
         assert!(none.is_empty());
         assert_eq!(flow.dropped(), 210);
+    }
+
+    /// A tmpfs of 8 MiB, unmounted when dropped (the tests run as root).
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(self.0.path(), rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+
+    fn tmpfs_8m() -> Tmpfs {
+        let d = tempfile::tempdir().unwrap();
+        rustix::mount::mount(
+            "tmpfs",
+            d.path(),
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            c"size=8m",
+        )
+        .unwrap();
+        Tmpfs(d)
+    }
+
+    fn free(dir: &std::path::Path) -> u64 {
+        let st = rustix::fs::statvfs(dir).unwrap();
+        st.f_bavail * st.f_frsize
+    }
+
+    /// Twenty stalled streams spilling into one small file system, each
+    /// with a cap far above it: together they stop at three quarters of it,
+    /// and every byte is kept or counted as dropped.
+    #[test]
+    fn spills_never_fill_their_file_system() {
+        let fs = tmpfs_8m();
+        let flow = Flow::default();
+        let mut spills: Vec<Spill> = (0..20)
+            .map(|_| Spill::new(SpillPolicy::new(fs.0.path().to_path_buf())))
+            .collect();
+        let chunk = vec![7u8; 64 << 10];
+        let mut pushed = 0u64;
+        for _ in 0..16 {
+            for s in &mut spills {
+                s.push(&chunk, &flow);
+                pushed += chunk.len() as u64;
+            }
+        }
+        let size = 8u64 << 20;
+        assert!(
+            free(fs.0.path()) >= size / FREE_SHARE - (64 << 10),
+            "free {} of {size}",
+            free(fs.0.path())
+        );
+        let held: u64 = spills.iter().map(Spill::held).sum();
+        assert_eq!(held + flow.dropped(), pushed);
+        assert!(flow.dropped() > 0 && held > 20 * MEM_MAX as u64);
+        // Room again (the spills are replayed and closed): they grow again.
+        drop(spills);
+        let mut s = Spill::new(SpillPolicy::new(fs.0.path().to_path_buf()));
+        let before = flow.dropped();
+        for _ in 0..16 {
+            s.push(&chunk, &flow);
+        }
+        assert_eq!(flow.dropped(), before, "{} bytes fit now", s.held());
     }
 }

@@ -323,6 +323,8 @@ fn record_relay(r: &RelayState, fds: &mut FdList) -> RelayRecord {
                 }
             }
             Phase::Draining => PhaseRecord::Draining,
+            // The next image tries the file again at once.
+            Phase::NoRoom(_) => PhaseRecord::Flowing,
         },
     }
 }
