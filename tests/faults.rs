@@ -376,3 +376,197 @@ fn a_full_log_disk_drops_counted_output_and_resumes_when_room_returns() {
     drop(logs);
     env.assert_clean();
 }
+
+/// `ctr run -d` of `script` in `id` (the output FIFOs then have no reader).
+fn detached(env: &Env, id: &str, group: Option<&str>, script: &str) {
+    let annotation = group.map(|g| format!("io.containerd.runc.v2.group={g}"));
+    let mut extra = vec!["-d"];
+    if let Some(a) = &annotation {
+        extra.extend(["--annotation", a]);
+    }
+    let out = env.run(id, &extra, &["sh", "-c", script]);
+    assert!(out.status.success(), "{id}: {}", stderr(&out));
+}
+
+/// Waits (through an exec) until the file `path` exists in container `id`.
+fn wait_file(env: &Env, id: &str, path: &str, limit: Duration) {
+    let script = format!("while [ ! -e {path} ]; do sleep 0.05; done");
+    let exec_id = format!("wait{}", path.replace('/', "-"));
+    let (out, took) = bounded(
+        env.ctr_cmd(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &exec_id,
+            id,
+            "sh",
+            "-c",
+            &script,
+        ]),
+        limit,
+    );
+    assert!(
+        out.status.success(),
+        "{id}: {path} after {took:?}: {}",
+        stderr(&out)
+    );
+}
+
+fn free_bytes(dir: &std::path::Path) -> (u64, u64) {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%a %b %S"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let f: Vec<u64> = stdout(&out)
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (f[0] * f[2], f[1] * f[2])
+}
+
+/// Twenty containers whose output readers are gone, each writing far more
+/// than containerd's state directory (a small tmpfs, as `/run` is) can hold:
+/// their spills stop with a quarter of it still free, the containers go on
+/// and still exec, and the shims say why they drop.
+#[test]
+fn stalled_readers_never_fill_the_state_file_system() {
+    let env = Env::start_with_state_tmpfs(I, "64m");
+    let state = env.dir.path().join("state");
+    let limit = slack(Duration::from_secs(60));
+    let ids: Vec<String> = (0..20).map(|i| format!("st{i}")).collect();
+    for id in &ids {
+        detached(
+            &env,
+            id,
+            None,
+            "head -c 16777216 /dev/zero; touch /done; sleep 600",
+        );
+    }
+    for id in &ids {
+        wait_file(&env, id, "/done", limit);
+    }
+    let (free, size) = free_bytes(&state);
+    assert!(
+        free >= size / 4 - (1 << 20),
+        "{free} of {size} bytes free with twenty spills"
+    );
+    assert!(
+        env.containerd_log()
+            .contains("a spill leaves 1/4 of its file system free"),
+        "the shims say why they drop"
+    );
+    // Everything still works: an exec's output, a container's exit.
+    let (out, _) = echo(&env, "st7", "still", limit);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "still\n");
+    for id in &ids {
+        env.finish(id);
+    }
+    env.assert_clean();
+}
+
+/// A memory cgroup of `limit` for the shim (what `ShimCgroup` names),
+/// removed when dropped; on cgroup v1 or v2.
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new(name: &str, limit: u64) -> MemoryCgroup {
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let (dir, file) = if v2 {
+            (format!("/sys/fs/cgroup/{name}"), "memory.max")
+        } else {
+            (
+                format!("/sys/fs/cgroup/memory/{name}"),
+                "memory.limit_in_bytes",
+            )
+        };
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(file), limit.to_string()).unwrap();
+        MemoryCgroup(dir)
+    }
+
+    fn join(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    /// OOM kills in the cgroup so far.
+    fn oom_kills(&self) -> u64 {
+        ["memory.events", "memory.oom_control"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.0.join(f)).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.strip_prefix("oom_kill "))
+                    .map(|n| n.trim().parse::<u64>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A shim in a memory cgroup of 32 MiB (`ShimCgroup`), its containers'
+/// readers gone while they write 3 × 32 MiB, and 100 execs: the spill
+/// (tmpfs pages, charged to the shim) stays within half the cgroup, the
+/// shim is not OOM-killed, and every exec's output arrives.
+#[test]
+fn a_shim_in_a_32_mib_memory_cgroup_survives_stalled_readers_and_100_execs() {
+    let env = Env::start_with_state_tmpfs(I, "256m");
+    let limit = slack(Duration::from_secs(60));
+    let ids = ["mem0", "mem1", "mem2"];
+    let script = "while [ ! -e /go ]; do sleep 0.05; done; \
+                  head -c 33554432 /dev/zero; touch /done; sleep 600";
+    for id in ids {
+        detached(&env, id, Some("mem"), script);
+    }
+    let shim = env.shim_pid("mem0").unwrap();
+    let cg = MemoryCgroup::new(&format!("{}-shim", env.ns), 32 << 20);
+    cg.join(shim);
+    for id in ids {
+        let out = env.ctr(&["task", "exec", "--exec-id", "go", id, "touch", "/go"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for id in ids {
+        wait_file(&env, id, "/done", limit);
+    }
+    for round in 0..25 {
+        let children: Vec<_> = (0..4)
+            .map(|k| {
+                let id = ids[k % ids.len()];
+                let n = format!("x{round}-{k}");
+                env.ctr_cmd(&["task", "exec", "--exec-id", &n, id, "echo", &n])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for (k, c) in children.into_iter().enumerate() {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(stdout(&out), format!("x{round}-{k}\n"));
+        }
+    }
+    assert!(alive(shim), "the shim lives");
+    assert_eq!(cg.oom_kills(), 0, "no OOM kill in the shim's cgroup");
+    assert!(
+        env.containerd_log()
+            .contains("a spill on tmpfs stays within half of it"),
+        "the shim says why it drops"
+    );
+    for id in ids {
+        env.finish(id);
+    }
+    env.assert_clean();
+    drop(cg);
+}

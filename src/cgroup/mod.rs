@@ -156,6 +156,40 @@ impl Cgroup {
     }
 }
 
+/// The shim's own memory cgroup, which is charged for the pages it writes
+/// to a tmpfs (a spill in the bundle under `/run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnMemory {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl OwnMemory {
+    /// The shim's memory cgroup now (`ShimCgroup` moves it at start).
+    pub fn find() -> Option<OwnMemory> {
+        let cg = Cgroup::for_pid(std::process::id()).ok()?;
+        Some(OwnMemory {
+            dir: cg.memory_dir()?.to_path_buf(),
+            v2: matches!(cg, Cgroup::V2(_)),
+        })
+    }
+
+    /// Bytes used and the limit; `None` when it has no limit.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        let (usage, limit) = if self.v2 {
+            ("memory.current", "memory.max")
+        } else {
+            ("memory.usage_in_bytes", "memory.limit_in_bytes")
+        };
+        // v1 says "no limit" with a number near 2^63, v2 with "max".
+        let limit: u64 = read(&self.dir, limit)
+            .parse()
+            .ok()
+            .filter(|l| *l < 1 << 60)?;
+        Some((read(&self.dir, usage).parse().ok()?, limit))
+    }
+}
+
 /// Reads a file as one trimmed string (empty when missing).
 pub(crate) fn read(dir: &Path, file: &str) -> String {
     std::fs::read_to_string(dir.join(file))

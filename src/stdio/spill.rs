@@ -7,7 +7,9 @@
 //! lacks it: nothing is left behind if the shim dies). Memory content always
 //! precedes file content: new bytes go to memory only while no file exists.
 //! Past the policy's cap, or when the file would take its file system below
-//! [`FREE_SHARE`] free, bytes are dropped and counted. [`Spill::send`]
+//! [`FREE_SHARE`] free, or (on a tmpfs, whose pages the shim's memory cgroup
+//! pays for) the shim's memory cgroup past half its limit, bytes are dropped
+//! and counted. [`Spill::send`]
 //! replays in order. A spill exists only while a reader is stalled; an idle
 //! relay holds none, and a replayed spill frees its memory and closes its file.
 
@@ -79,7 +81,47 @@ struct SpillFile {
     fd: OwnedFd,
     read: u64,
     write: u64,
+    /// The shim's memory cgroup, when the file's pages count against it.
+    charged: Option<crate::cgroup::OwnMemory>,
 }
+
+impl SpillFile {
+    fn new(fd: OwnedFd, read: u64, write: u64) -> SpillFile {
+        let charged = match rustix::fs::fstatfs(&fd) {
+            Ok(st) if st.f_type as u64 == TMPFS_MAGIC => crate::cgroup::OwnMemory::find(),
+            _ => None,
+        };
+        SpillFile {
+            fd,
+            read,
+            write,
+            charged,
+        }
+    }
+
+    /// Refuses `len` more bytes that would take the file system below
+    /// [`FREE_SHARE`] free or, on a tmpfs, the shim's memory cgroup past
+    /// half its limit (its pages are the shim's memory, and unreclaimable).
+    fn check_room(&self, len: u64) -> std::io::Result<()> {
+        let full = |why: String| Err(std::io::Error::new(std::io::ErrorKind::StorageFull, why));
+        let st = rustix::fs::fstatvfs(&self.fd)?;
+        let (free, size) = (st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize);
+        if free < len + size / FREE_SHARE {
+            return full(format!(
+                "{free} of {size} bytes free, and a spill leaves 1/{FREE_SHARE} of its file system free"
+            ));
+        }
+        match self.charged.as_ref().and_then(|m| m.usage()) {
+            Some((used, limit)) if used + len > limit / 2 => full(format!(
+                "the shim's memory cgroup uses {used} of {limit} bytes, and a spill on tmpfs stays within half of it"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `statfs`'s type of a tmpfs.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 /// Output held back for a stalled reader.
 pub struct Spill {
@@ -177,24 +219,10 @@ impl Spill {
 
     fn append_to_file(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         if self.file.is_none() {
-            self.file = Some(SpillFile {
-                fd: open_unnamed(&self.policy.dir)?,
-                read: 0,
-                write: 0,
-            });
+            self.file = Some(SpillFile::new(open_unnamed(&self.policy.dir)?, 0, 0));
         }
         let f = self.file.as_mut().expect("opened above");
-        // Never what fills its file system (the bundle's is /run: memory).
-        let st = rustix::fs::fstatvfs(&f.fd)?;
-        let (free, size) = (st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize);
-        if free < data.len() as u64 + size / FREE_SHARE {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                format!(
-                    "{free} of {size} bytes free, and a spill leaves 1/{FREE_SHARE} of its file system free"
-                ),
-            ));
-        }
+        f.check_room(data.len() as u64)?;
         while !data.is_empty() {
             match rustix::io::pwrite(&f.fd, data, f.write) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -318,7 +346,7 @@ impl Spill {
             head: 0,
             file: p
                 .file
-                .map(|(fd, read, write)| SpillFile { fd, read, write }),
+                .map(|(fd, read, write)| SpillFile::new(fd, read, write)),
             scratch: Vec::new(),
             kept: p.kept,
             dropped: p.dropped,

@@ -382,7 +382,7 @@ impl Env {
     /// config (e.g. more CRI runtime handlers; `@BIN@` names the env's bin
     /// folder, where Wedge's copies are).
     pub fn start_custom(install: Install, cri: bool, extra: &str) -> Env {
-        Env::start_inner(install, cri, extra, true)
+        Env::start_inner(install, cri, extra, true, None)
     }
 
     /// A CRI env where Wedge (`containerd-shim-wedge-v2`, handler `wedge`)
@@ -390,10 +390,22 @@ impl Env {
     /// `runc`, io.containerd.runc.v2): the two side by side, as a node
     /// that tries Wedge for some pods has them.
     pub fn start_beside_go_shim() -> Env {
-        Env::start_inner(Install::Wedge, true, "", false)
+        Env::start_inner(Install::Wedge, true, "", false, None)
     }
 
-    fn start_inner(install: Install, cri: bool, extra: &str, cri_drop_in: bool) -> Env {
+    /// [`Env::start`] with containerd's state directory (the bundles, and
+    /// so the output spills) on a tmpfs of `size`, as `/run` is on a node.
+    pub fn start_with_state_tmpfs(install: Install, size: &str) -> Env {
+        Env::start_inner(install, false, "", true, Some(size))
+    }
+
+    fn start_inner(
+        install: Install,
+        cri: bool,
+        extra: &str,
+        cri_drop_in: bool,
+        state_tmpfs: Option<&str>,
+    ) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("wedge-e2e-")
             .tempdir_in("/tmp")
@@ -466,6 +478,17 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
         // `@BIN@` in the extra config: the env's own bin folder (Wedge's copies).
         config.push_str(&extra.replace("@BIN@", &bin.display().to_string()));
         std::fs::write(d.join("config.toml"), config).unwrap();
+        if let Some(size) = state_tmpfs {
+            // Unmounted by Drop, with every mount under the env's folder.
+            std::fs::create_dir_all(d.join("state")).unwrap();
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(d.join("state"))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mount a tmpfs on the state directory");
+        }
         let containerd = spawn_containerd(d);
         let ns = format!(
             "wedge-e2e-{}-{}",
@@ -684,8 +707,10 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
             }
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        // The state directory's own tmpfs (start_with_state_tmpfs) stays.
+        let state = format!(" {} ", self.dir.path().join("state").display());
         for l in mounts.lines() {
-            if l.contains(self.dir.path().to_str().unwrap()) {
+            if l.contains(self.dir.path().to_str().unwrap()) && !l.contains(&state) {
                 v.push(format!("mount {l}"));
             }
         }
