@@ -58,17 +58,28 @@ pub fn read(bundle: &Path) -> Option<ExitInfo> {
 }
 
 fn read_own(bundle: &Path) -> Option<ExitInfo> {
-    let s = std::fs::read_to_string(bundle.join(FILE)).ok()?;
+    parse_own(&std::fs::read_to_string(bundle.join(FILE)).ok()?)
+}
+
+/// Parses Wedge's record (`"<status> <secs>.<nanos>"`).
+pub fn parse_own(s: &str) -> Option<ExitInfo> {
     let mut f = s.split_whitespace();
     let status = f.next()?.parse().ok()?;
     let (secs, nanos) = f.next()?.split_once('.')?;
-    let at = UNIX_EPOCH + Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
+    let nanos = nanos.parse().ok().filter(|n| *n < 1_000_000_000)?;
+    // A corrupt record is no record, never a panic.
+    let at = UNIX_EPOCH.checked_add(Duration::new(secs.parse().ok()?, nanos))?;
     Some(ExitInfo { status, at })
 }
 
 /// The Go shim's `exit.json`: pid and exit, when valid as it checks them
 /// (a pid, a time, a status ≥ 0).
 pub fn read_go(bundle: &Path) -> Option<(u32, ExitInfo)> {
+    parse_go(&std::fs::read_to_string(bundle.join(GO_FILE)).ok()?)
+}
+
+/// Parses the Go shim's `exit.json`.
+pub fn parse_go(s: &str) -> Option<(u32, ExitInfo)> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "PascalCase")]
     struct GoExit {
@@ -76,8 +87,7 @@ pub fn read_go(bundle: &Path) -> Option<(u32, ExitInfo)> {
         pid: i64,
         status: i64,
     }
-    let s = std::fs::read_to_string(bundle.join(GO_FILE)).ok()?;
-    let e: GoExit = serde_json::from_str(&s).ok()?;
+    let e: GoExit = serde_json::from_str(s).ok()?;
     let at = parse_rfc3339(&e.timestamp)?;
     if e.pid <= 0 || e.status < 0 || at == UNIX_EPOCH {
         return None;
@@ -140,7 +150,7 @@ fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
         num(14, 16)?,
         num(17, 19)?,
     );
-    let mut rest = &s[19..];
+    let mut rest = s.get(19..)?;
     let mut nanos = 0i64;
     if let Some(frac) = rest.strip_prefix('.') {
         let n = frac.bytes().take_while(u8::is_ascii_digit).count();
@@ -150,7 +160,7 @@ fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        o if o.len() == 6 && matches!(&o[..1], "+" | "-") && &o[3..4] == ":" => {
+        o if o.len() == 6 && o.is_ascii() && matches!(&o[..1], "+" | "-") && &o[3..4] == ":" => {
             let sign = if o.starts_with('-') { -1 } else { 1 };
             sign * (o[1..3].parse::<i64>().ok()? * 3600 + o[4..6].parse::<i64>().ok()? * 60)
         }
@@ -158,7 +168,7 @@ fn parse_rfc3339(s: &str) -> Option<std::time::SystemTime> {
     };
     let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset;
     let secs = u64::try_from(secs).ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos as u32))
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos as u32))
 }
 
 #[cfg(test)]
@@ -219,6 +229,29 @@ mod tests {
         assert_eq!(
             parse_rfc3339("2026-12-03T15:02:36Z"),
             Some(UNIX_EPOCH + Duration::new(1_796_310_156, 0))
+        );
+    }
+
+    /// Found by the `exit_record` fuzz target: corrupt records read as no
+    /// record, never as a panic (times past what SystemTime holds, nanos of
+    /// a second or more, multibyte text where digits belong).
+    #[test]
+    fn corrupt_records_are_none() {
+        assert_eq!(parse_own("137 10000000000000000017736.05"), None);
+        assert_eq!(parse_own("137 18446744073709551615.999999999"), None);
+        assert_eq!(parse_own("0 1.1000000000"), None);
+        assert_eq!(parse_own("0 1764860000.123456789").unwrap().status, 0);
+        for t in [
+            "2026-12-03T15:02:3\u{e9}Z",
+            "2026-12-03T15:02:36+\u{e9}01:",
+            "2026-12-03T15:02:36+01\u{e9}:",
+            "9999-12-31T23:59:59.999999999Z",
+        ] {
+            let json = format!(r#"{{"Timestamp":"{t}","Pid":1,"Status":0}}"#);
+            let _ = parse_go(&json);
+        }
+        assert!(
+            parse_go(r#"{"Timestamp":"2026-12-03T15:02:36.5+01:00","Pid":1,"Status":3}"#).is_some()
         );
     }
 }

@@ -29,11 +29,11 @@ impl Host for RealHost {
     }
 }
 
-/// No processes and no cgroups: for unit tests.
-#[cfg(test)]
+/// No processes and no cgroups: for unit tests and fuzzing.
+#[cfg(any(test, feature = "fuzzing"))]
 pub struct NoHost;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 impl Host for NoHost {
     fn open_pidfd(&self, _pid: u32) -> Option<OwnedFd> {
         None

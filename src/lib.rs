@@ -6,7 +6,8 @@
 //! [`process`]; [`runtime`] drives the OCI runtime CLI;
 //! [`stdio`] relays output; [`reaper`] collects every exit; [`events`]
 //! publishes to containerd; [`ttrpc`] is the wire protocol; [`sys`] holds the
-//! only unsafe code.
+//! only unsafe code; [`fuzzing`] (feature `fuzzing`) holds the fuzz targets'
+//! entry points.
 #![deny(unsafe_code)]
 
 /// Wedge's version (`WEDGE_VERSION` at build time, else the package's).
@@ -25,6 +26,8 @@ pub mod events;
 pub mod exitfile;
 pub mod flags;
 pub mod fsutil;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod host;
 pub mod manager;
 pub mod mount;

@@ -128,7 +128,7 @@ impl Options {
                 let body = if !ro.config_body.is_empty() {
                     ro.config_body
                 } else if !ro.config_path.is_empty() {
-                    std::fs::read_to_string(&ro.config_path).map_err(|e| malformed(&e))?
+                    read_config(&ro.config_path).map_err(|e| malformed(&e))?
                 } else {
                     String::new()
                 };
@@ -140,7 +140,7 @@ impl Options {
 
     /// Reads the runc option keys from a flat TOML table (the file a CRI
     /// runtime handler's `ConfigPath` names). Unknown keys are ignored.
-    fn from_toml(body: &str) -> Self {
+    pub fn from_toml(body: &str) -> Self {
         let mut o = Options::default();
         for line in body.lines() {
             let Some((k, v)) = line.split_once('=') else {
@@ -226,6 +226,37 @@ struct RuntimeOptionsMsg {
     config_body: String,
 }
 
+/// Largest CRI options file read (they hold a few keys).
+const MAX_CONFIG: u64 = 1 << 20;
+
+/// Reads a CRI options file: a regular file of at most [`MAX_CONFIG`] bytes
+/// (never a FIFO or a device that would block or never end).
+fn read_config(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{path} is not a regular file"),
+        ));
+    }
+    if meta.len() > MAX_CONFIG {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{path} is {} bytes, over {MAX_CONFIG}", meta.len()),
+        ));
+    }
+    let mut s = String::new();
+    f.take(MAX_CONFIG).read_to_string(&mut s)?;
+    Ok(s)
+}
+
 /// Decodes `runtimeoptions.v1.Options{type_url=1, config_path=2, config_body=3}`.
 fn decode_runtimeoptions(
     value: &[u8],
@@ -261,6 +292,34 @@ mod tests {
         a.type_url = url.into();
         a.value = value;
         a
+    }
+
+    /// A CRI options file is a small regular file: a FIFO (which would
+    /// block `start` for good) or a device is refused, not read.
+    #[test]
+    fn only_regular_options_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let file = dir.path().join("opts.toml");
+        std::fs::write(&file, "BinaryName = \"crun\"\n").unwrap();
+        // runtimeoptions.v1.Options{config_path}
+        let msg = |p: &std::path::Path| {
+            let p = p.to_str().unwrap().as_bytes();
+            let mut v = vec![18, p.len() as u8];
+            v.extend_from_slice(p);
+            v
+        };
+        let o = Options::decode("runtimeoptions.v1.Options", &msg(&file)).unwrap();
+        assert_eq!(o.binary_name, "crun");
+        for refused in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
+            let e = Options::decode("runtimeoptions.v1.Options", &msg(refused)).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
     }
 
     #[test]

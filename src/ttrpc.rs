@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 /// Largest message either side accepts.
 pub const MAX_MESSAGE: usize = 4 << 20;
 const HEADER_LEN: usize = 10;
-const TYPE_REQUEST: u8 = 1;
+pub(crate) const TYPE_REQUEST: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
 
 /// A boxed future returned by a [`Dispatch`] implementation.
@@ -74,10 +74,10 @@ pub trait Dispatch: Send + Sync + 'static {
     }
 }
 
-struct Frame {
-    stream_id: u32,
-    kind: u8,
-    payload: Vec<u8>,
+pub(crate) struct Frame {
+    pub(crate) stream_id: u32,
+    pub(crate) kind: u8,
+    pub(crate) payload: Vec<u8>,
 }
 
 async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Frame>> {
@@ -523,7 +523,7 @@ impl<D: Dispatch> Server<D> {
 }
 
 /// Takes one complete frame off the front of `buf`, if there is one.
-fn take_frame(buf: &mut Vec<u8>) -> io::Result<Option<Frame>> {
+pub(crate) fn take_frame(buf: &mut Vec<u8>) -> io::Result<Option<Frame>> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }

@@ -128,17 +128,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut out = Vec::new();
-        let mut rest = &data[..];
-        while rest.len() >= 4 {
-            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-            let Some(rec) = rest.get(4..4 + len) else {
-                break;
-            };
-            out.push(rec.to_vec());
-            rest = &rest[4 + len..];
-        }
-        Ok(out)
+        Ok(parse(&data))
     }
 
     /// Replaces the kept records (atomically); removes the file when none.
@@ -169,6 +159,22 @@ impl Drop for Held {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The records of a store file's bytes, oldest first; a torn last record
+/// (a write cut short) is left out.
+pub fn parse(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        let Some(rec) = tail.get(..len) else {
+            break;
+        };
+        out.push(rec.to_vec());
+        rest = &tail[len..];
+    }
+    out
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub mod limited;
 pub mod runc;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fake;
 
 pub use crate::ttrpc::BoxFuture;

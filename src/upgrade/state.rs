@@ -55,6 +55,9 @@ impl<'de> Deserialize<'de> for Hex {
         if s.len() % 2 != 0 {
             return Err(serde::de::Error::custom("odd hex length"));
         }
+        if !s.is_ascii() {
+            return Err(serde::de::Error::custom("not hex"));
+        }
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
@@ -561,5 +564,17 @@ mod tests {
         assert!(e.contains("newer than this binary"), "{e}");
         r.state_version = 0;
         assert!(validate(&r).unwrap_err().contains("older than the oldest"));
+    }
+
+    /// Found by the `handover_state` fuzz target: hex with a multibyte
+    /// character is refused, not a panic in the image taking over.
+    #[test]
+    fn non_ascii_hex_is_refused() {
+        let e = serde_json::from_str::<Hex>("\"0\u{599}f\"").unwrap_err();
+        assert!(e.to_string().contains("not hex"), "{e}");
+        assert_eq!(
+            serde_json::from_str::<Hex>("\"00ff\"").unwrap(),
+            Hex(vec![0, 255])
+        );
     }
 }
