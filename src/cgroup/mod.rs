@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
 
+/// The key of a hybrid host's unified-hierarchy directory among the v1
+/// paths (a directory the runtime makes, with no controller in it).
+pub const UNIFIED: &str = "unified";
+
 /// A container's cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cgroup {
@@ -79,6 +83,8 @@ impl Cgroup {
     }
 
     /// Resolves a `/proc/<pid>/cgroup` text against the mount table.
+    /// On a hybrid host the v1 paths include the unified hierarchy's, as
+    /// [`UNIFIED`].
     pub fn resolve(proc_cgroup: &str, mountinfo: &str, unified: bool) -> Option<Cgroup> {
         // (fstype, super options) → (mount root, mount point)
         let mut v1_mounts: Vec<(Vec<String>, String, PathBuf)> = Vec::new();
@@ -113,9 +119,15 @@ impl Cgroup {
             return Some(Cgroup::V2(join(&root, &point, path)));
         }
         let mut paths = HashMap::new();
+        let (mut unified_path, mut v1_paths) = (None, Vec::new());
         for line in proc_cgroup.lines() {
             let mut parts = line.splitn(3, ':');
             let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if ctrls.is_empty() {
+                unified_path = Some(path);
+                continue;
+            }
+            v1_paths.push(path);
             for ctrl in ctrls.split(',').filter(|c| !c.is_empty()) {
                 if let Some((_, root, point)) = v1_mounts
                     .iter()
@@ -123,6 +135,14 @@ impl Cgroup {
                 {
                     paths.insert(ctrl.to_string(), join(root, point, path));
                 }
+            }
+        }
+        // Hybrid: the runtime makes the container's directory in the
+        // unified hierarchy too (`0::`), to be removed with the others; only
+        // when it is the container's own (never a hierarchy's root).
+        if let (Some(p), Some((root, point))) = (unified_path, &v2_mount) {
+            if p != "/" && v1_paths.contains(&p) {
+                paths.insert(UNIFIED.to_string(), join(root, point, p));
             }
         }
         (!paths.is_empty()).then_some(Cgroup::V1(paths))
@@ -227,6 +247,12 @@ mod tests {
         assert_eq!(p["memory"], Path::new("/sys/fs/cgroup/memory/ns/c1"));
         assert_eq!(p["cpuacct"], Path::new("/sys/fs/cgroup/cpu,cpuacct/ns/c1"));
         assert_eq!(p["pids"], Path::new("/sys/fs/cgroup/pids/ns/c1"));
+        assert!(!p.contains_key(UNIFIED), "never a hierarchy's root: {p:?}");
+        let pc = "4:memory:/ns/c1\n1:name=systemd:/ns/c1\n0::/ns/c1\n";
+        let Some(Cgroup::V1(p)) = Cgroup::resolve(pc, MOUNTINFO, false) else {
+            panic!()
+        };
+        assert_eq!(p[UNIFIED], Path::new("/sys/fs/cgroup/unified/ns/c1"));
     }
 
     /// A real cgroup (pids controller on v1, the unified hierarchy on v2):
