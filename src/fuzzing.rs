@@ -23,30 +23,11 @@ use crate::events::Publisher;
 use crate::reaper::Reaper;
 use crate::runtime::fake::FakeRuntime;
 use crate::runtime::{Runtime, RuntimeFactory};
-use crate::service::TaskService;
+use crate::service::{TaskService, METHODS};
 use crate::ttrpc::Dispatch;
 
-/// The Task methods (and names that are none), indexed by a request's first byte.
-const METHODS: &[&str] = &[
-    "State",
-    "Create",
-    "Start",
-    "Delete",
-    "Pids",
-    "Pause",
-    "Resume",
-    "Checkpoint",
-    "Kill",
-    "Exec",
-    "ResizePty",
-    "CloseIO",
-    "Update",
-    "Wait",
-    "Stats",
-    "Connect",
-    "Shutdown",
-    "Bogus",
-];
+/// Method names the service has not (after [`METHODS`] in a call's first byte).
+const OTHER: &[&str] = &["Bogus"];
 
 /// How long one call may take here: a `Wait` on a process of the fake
 /// runtime never ends by itself.
@@ -211,7 +192,8 @@ pub fn task_calls(data: &[u8]) {
             let len = usize::from(u16::from_le_bytes([*l0, *l1])).min(tail.len());
             let (payload, next) = tail.split_at(len);
             rest = next;
-            let method = METHODS[usize::from(*m & 0x7f) % METHODS.len()];
+            let i = usize::from(*m & 0x7f) % (METHODS.len() + OTHER.len());
+            let method = METHODS.get(i).copied().unwrap_or(OTHER[0]);
             let service = crate::service::SERVICES[usize::from(*m >> 7)];
             call(svc, bundle, service, method, payload.to_vec()).await;
         }

@@ -16,6 +16,27 @@ use crate::error::Error;
 use crate::ttrpc::{status, BoxFuture, Dispatch};
 pub use task::TaskService;
 
+/// The Task methods this shim answers (the same under both service names).
+pub const METHODS: [&str; 17] = [
+    "State",
+    "Create",
+    "Start",
+    "Delete",
+    "Pids",
+    "Pause",
+    "Resume",
+    "Checkpoint",
+    "Kill",
+    "Exec",
+    "ResizePty",
+    "CloseIO",
+    "Update",
+    "Wait",
+    "Stats",
+    "Connect",
+    "Shutdown",
+];
+
 /// Task service names this shim answers to.
 pub const SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
 
