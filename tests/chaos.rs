@@ -134,13 +134,18 @@ impl Drop for Subscriber {
     }
 }
 
-/// The ids of running tasks.
-fn running(env: &Env) -> Vec<String> {
-    String::from_utf8_lossy(&env.ctr(&["task", "ls"]).stdout)
-        .lines()
-        .filter(|l| l.split_whitespace().nth(2) == Some("RUNNING"))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
+/// The ids of running tasks and of stopped ones.
+fn tasks(env: &Env) -> (Vec<String>, Vec<String>) {
+    let (mut running, mut stopped) = (Vec::new(), Vec::new());
+    for l in String::from_utf8_lossy(&env.ctr(&["task", "ls"]).stdout).lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.get(2) {
+            Some(&"RUNNING") => running.push(f[0].to_string()),
+            Some(&"STOPPED") => stopped.push(f[0].to_string()),
+            _ => {}
+        }
+    }
+    (running, stopped)
 }
 
 /// The socket address of the shim serving `id`, while its bundle exists.
@@ -178,6 +183,7 @@ struct Counts {
     hung_windows: u64,
     stalls: u64,
     upgrades: u64,
+    deletes: u64,
     lines_checked: u64,
 }
 
@@ -217,8 +223,10 @@ fn chaos() {
             env.set_hang("delete", false);
             hang_until = None;
         }
+        // Running containers are the targets; stopped ones are deleted.
+        let (running, stopped) = tasks(&env);
         let live: Vec<usize> = (0..cs.len())
-            .filter(|&i| cs[i].started && !cs[i].shim_killed)
+            .filter(|&i| cs[i].started && !cs[i].shim_killed && running.contains(&cs[i].id))
             .collect();
         match r.below(100) {
             0..=34 if live.len() < 30 => {
@@ -282,14 +290,6 @@ fn chaos() {
                 cs.push(c);
             }
             35..=54 if !live.is_empty() => {
-                let running = running(&env);
-                let live: Vec<usize> = live
-                    .into_iter()
-                    .filter(|&i| running.contains(&cs[i].id))
-                    .collect();
-                if live.is_empty() {
-                    continue;
-                }
                 let c = &cs[live[r.below(live.len() as u64) as usize]];
                 let k = r.below(50);
                 let e = format!("e{}", n.execs);
@@ -365,6 +365,15 @@ fn chaos() {
                 if let Some(shim) = env.shim_pid(id) {
                     n.upgrades += 1;
                     signal(shim, rustix::process::Signal::USR2);
+                }
+            }
+            85..=99 if !stopped.is_empty() => {
+                // As containerd's clients do once a task has exited.
+                let id = &stopped[r.below(stopped.len() as u64) as usize];
+                if cs.iter().any(|c| &c.id == id && c.attached.is_none()) {
+                    n.deletes += 1;
+                    let _ = env.ctr(&["task", "rm", id]);
+                    let _ = env.ctr(&["container", "rm", id]);
                 }
             }
             _ => {}

@@ -475,7 +475,7 @@ fn load_200_containers_and_1000_execs_leave_nothing_behind() {
         .collect();
     assert_eq!(shims.len(), 10, "one shim per group");
     let shim = env.shim_pid("l0").unwrap();
-    let before = threads_and_fds(shim);
+    let before = settled_threads_and_fds(shim);
     // 1000 execs spread over the group of l0 (shim `shim`): 4 clients at a time.
     let targets: Vec<&str> = ids
         .iter()
@@ -576,7 +576,7 @@ fn a_hung_runtime_never_leaves_a_container_unkillable() {
     run_d("anchor");
     env.wait_status("anchor", "RUNNING");
     let shim = env.shim_pid("anchor").expect("shim");
-    let before = threads_and_fds(shim);
+    let before = settled_threads_and_fds(shim);
 
     run_d("victim");
     env.wait_status("victim", "RUNNING");

@@ -214,7 +214,7 @@ fn exec_churn_leaves_no_threads_or_fds() {
         .status
         .success());
     let shim = env.shim_pid("churn").unwrap();
-    let before = threads_and_fds(shim);
+    let before = settled_threads_and_fds(shim);
     for i in 0..200 {
         let id = format!("s{i}");
         let out = env.ctr(&[

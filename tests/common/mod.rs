@@ -1035,6 +1035,21 @@ pub fn threads_and_fds(pid: u32) -> (usize, usize) {
     (threads, fds)
 }
 
+/// [`threads_and_fds`] once it has stopped moving (the same in three reads
+/// 200 ms apart, within 10 s): a baseline taken while the shim is still
+/// closing what a previous call used would be too high.
+pub fn settled_threads_and_fds(pid: u32) -> (usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut last, mut same) = (threads_and_fds(pid), 0);
+    while same < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = threads_and_fds(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
 /// Runs a shell command line under `script`, so the client has a terminal.
 pub fn in_terminal(cmdline: &str) -> Output {
     Command::new("script")
