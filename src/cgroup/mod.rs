@@ -229,6 +229,28 @@ pub(crate) fn read_key(dir: &Path, file: &str, key: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// The shim's memory use and limit as v1 and v2 write them; no limit
+    /// (v1's huge number, v2's "max") reads as none.
+    #[test]
+    fn own_memory_reads_usage_and_limit_on_v1_and_v2() {
+        let d = tempfile::tempdir().unwrap();
+        let w = |f: &str, v: &str| std::fs::write(d.path().join(f), v).unwrap();
+        let m = |v2| OwnMemory {
+            dir: d.path().to_path_buf(),
+            v2,
+        };
+        w("memory.current", "1048576\n");
+        w("memory.max", "33554432\n");
+        assert_eq!(m(true).usage(), Some((1 << 20, 32 << 20)));
+        w("memory.max", "max\n");
+        assert_eq!(m(true).usage(), None);
+        w("memory.usage_in_bytes", "2097152\n");
+        w("memory.limit_in_bytes", "33554432\n");
+        assert_eq!(m(false).usage(), Some((2 << 20, 32 << 20)));
+        w("memory.limit_in_bytes", "9223372036854771712\n");
+        assert_eq!(m(false).usage(), None);
+    }
+
     const MOUNTINFO: &str = "\
 30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
 31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
