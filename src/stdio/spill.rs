@@ -8,7 +8,7 @@
 //! precedes file content: new bytes go to memory only while no file exists.
 //! Past the policy's cap, or when the file would take its file system below
 //! [`FREE_SHARE`] free, or (on a tmpfs, whose pages the shim's memory cgroup
-//! pays for) the shim's memory cgroup past half its limit, bytes are dropped
+//! pays for) the shim's memory cgroup past a quarter of its limit, bytes are dropped
 //! and counted. [`Spill::send`]
 //! replays in order. A spill exists only while a reader is stalled; an idle
 //! relay holds none, and a replayed spill frees its memory and closes its file.
@@ -27,6 +27,11 @@ pub const MEM_MAX: usize = 256 * 1024;
 /// A spill file grows only while its file system keeps this share free
 /// (1/4): all spills together never take more than 3/4 of it.
 pub const FREE_SHARE: u64 = 4;
+/// On a tmpfs, a spill grows only while the shim's whole memory cgroup uses
+/// less than this share (1/4) of its limit: the rest is for the runtime
+/// calls the shim makes, which run in the same cgroup (a Go runtime such as
+/// runc holds 4 to 6 MB each, and several may run at once).
+pub const CGROUP_SHARE: u64 = 4;
 /// Default cap of one stream's spill.
 pub const DEFAULT_MAX: u64 = 64 << 20;
 
@@ -101,7 +106,8 @@ impl SpillFile {
 
     /// Refuses `len` more bytes that would take the file system below
     /// [`FREE_SHARE`] free or, on a tmpfs, the shim's memory cgroup past
-    /// half its limit (its pages are the shim's memory, and unreclaimable).
+    /// [`CGROUP_SHARE`] of its limit (its pages are the shim's memory, and
+    /// unreclaimable).
     fn check_room(&self, len: u64) -> std::io::Result<()> {
         let full = |why: String| Err(std::io::Error::new(std::io::ErrorKind::StorageFull, why));
         let st = rustix::fs::fstatvfs(&self.fd)?;
@@ -112,8 +118,8 @@ impl SpillFile {
             ));
         }
         match self.charged.as_ref().and_then(|m| m.usage()) {
-            Some((used, limit)) if used + len > limit / 2 => full(format!(
-                "the shim's memory cgroup uses {used} of {limit} bytes, and a spill on tmpfs stays within half of it"
+            Some((used, limit)) if used + len > limit / CGROUP_SHARE => full(format!(
+                "the shim's memory cgroup uses {used} of {limit} bytes, and a spill on tmpfs stays within 1/{CGROUP_SHARE} of it"
             )),
             _ => Ok(()),
         }
