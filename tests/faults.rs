@@ -364,6 +364,11 @@ fn a_full_log_disk_drops_counted_output_and_resumes_when_room_returns() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let kept = std::fs::read(&log).unwrap();
+    eprintln!(
+        "full log disk: {} bytes written, {} kept, {dropped} dropped and counted",
+        burst + 6,
+        kept.len()
+    );
     assert!(kept.ends_with(b"AFTER\n"), "writing resumed");
     assert!(dropped > 0, "the burst did not fit");
     assert_eq!(
@@ -447,6 +452,14 @@ fn stalled_readers_never_fill_the_state_file_system() {
         wait_file(&env, id, "/done", limit);
     }
     let (free, size) = free_bytes(&state);
+    let said = env
+        .containerd_log()
+        .lines()
+        .filter(|l| l.contains("a spill leaves 1/4"))
+        .count();
+    eprintln!(
+        "20 stalled streams × 16 MiB on a {size}-byte state tmpfs: {free} bytes free; {said} lines saying why bytes were dropped"
+    );
     assert!(
         free >= size / 4 - (1 << 20),
         "{free} of {size} bytes free with twenty spills"
