@@ -67,6 +67,8 @@ struct Container {
     /// delete`) could not delete it in the runtime, and nothing will.
     shim_killed_while_hung: bool,
     started: bool,
+    /// Its task and container were deleted (after its exit).
+    deleted: bool,
 }
 
 /// `ctr events`, reconnected as soon as containerd is back, appended to one file.
@@ -264,6 +266,7 @@ fn chaos() {
                     shim_killed: false,
                     shim_killed_while_hung: false,
                     started: false,
+                    deleted: false,
                 };
                 n.containers += 1;
                 if kind == Kind::Attached {
@@ -370,7 +373,8 @@ fn chaos() {
             85..=99 if !stopped.is_empty() => {
                 // As containerd's clients do once a task has exited.
                 let id = &stopped[r.below(stopped.len() as u64) as usize];
-                if cs.iter().any(|c| &c.id == id && c.attached.is_none()) {
+                if let Some(c) = cs.iter_mut().find(|c| &c.id == id && c.attached.is_none()) {
+                    c.deleted = true;
                     n.deletes += 1;
                     let _ = env.ctr(&["task", "rm", id]);
                     let _ = env.ctr(&["container", "rm", id]);
@@ -448,9 +452,17 @@ fn chaos() {
             let (got, in_order) = numbered(&text);
             let complete = got == c.lines || ((c.killed || c.shim_killed) && got <= c.lines);
             if !in_order || !complete {
+                let at = text.lines().nth(got as usize).unwrap_or("");
                 failures.push(format!(
-                    "{} ({:?}): {got} of {} lines, in order: {in_order}",
-                    c.id, c.kind, c.lines
+                    "{} ({:?}, killed {}, deleted {}): {got} of {} lines, in order: {in_order}; \
+                     {} bytes, line {got} is {:?}",
+                    c.id,
+                    c.kind,
+                    c.killed,
+                    c.deleted,
+                    c.lines,
+                    text.len(),
+                    &at[..at.len().min(60)]
                 ));
             }
             n.lines_checked += got;

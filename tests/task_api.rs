@@ -782,6 +782,41 @@ fn failed_checkpoint_names_the_criu_log() {
     env.assert_clean();
 }
 
+/// A grouped shim outlives the bundle it started in (the first container's,
+/// deleted): a runtime behind a shell wrapper still runs in a directory that
+/// exists (its container's bundle), so nothing but the container's own
+/// output reaches its log (found by the chaos run: "sh: 0: getcwd() failed"
+/// at the top of a `file://` log).
+#[test]
+fn runtime_calls_run_in_the_bundle_of_their_container() {
+    let env = Env::start(Install::DropIn);
+    let rt = env.hang_runc().display().to_string();
+    let group = "io.containerd.runc.v2.group=cwd";
+    let run = |id: &str, extra: &[&str], cmd: &[&str]| {
+        let mut a = vec!["--runc-binary", rt.as_str(), "--annotation", group];
+        a.extend_from_slice(extra);
+        let out = env.run(id, &a, cmd);
+        assert!(out.status.success(), "{id}: {}", stderr(&out));
+    };
+    run("first", &["-d"], &["sleep", "600"]);
+    run("anchor", &["-d"], &["sleep", "600"]);
+    env.wait_status("anchor", "RUNNING");
+    env.finish("first");
+    let log = env.dir.path().join("second.log");
+    let uri = format!("file://{}", log.display());
+    run("second", &["-d", "--log-uri", &uri], &["echo", "only this"]);
+    env.wait_status("second", "STOPPED");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+        assert!(Instant::now() < deadline, "no output");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "only this\n");
+    env.finish("second");
+    env.finish("anchor");
+    env.assert_clean();
+}
+
 #[test]
 fn a_group_shares_one_shim_until_the_last_container_goes() {
     let env = Env::start(I);

@@ -189,6 +189,13 @@ impl Runc {
         cmd.args(self.global_args())
             .args(&args)
             .env_remove("NOTIFY_SOCKET");
+        // In the container's bundle: a grouped shim's own directory is the
+        // first container's bundle, gone once that one is deleted (a shell
+        // wrapper around the runtime then says so into the container's
+        // output, which is its stdio at create).
+        if let Some(bundle) = self.cfg.log.parent().filter(|b| b.is_dir()) {
+            cmd.current_dir(bundle);
+        }
         let input = match io {
             Io::Process(s) => {
                 cmd.stdin(stdio_or_null(s.stdin))
