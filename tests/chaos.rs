@@ -437,10 +437,30 @@ fn chaos() {
                     })
                     .or_default() += 1
             }
-            _ => failures.push(format!(
-                "{} ({:?}, killed {}, shim killed {}): exits {exits:?}, want one of {ok_codes:?}",
-                c.id, c.kind, c.killed, c.shim_killed
-            )),
+            _ => {
+                // What the shim says, to tell an exit it never reported
+                // from one the subscriber missed.
+                let shim = (!c.deleted && address(&env, &c.id).is_some())
+                    .then(|| {
+                        env.shim_call::<_, containerd_shim_protos::shim::shim::StateResponse>(
+                            &c.id,
+                            "State",
+                            &containerd_shim_protos::shim::shim::StateRequest {
+                                id: c.id.clone(),
+                                ..Default::default()
+                            },
+                        )
+                    })
+                    .map(|r| match r {
+                        Ok(s) => format!("{:?} {}", s.status, s.exit_status),
+                        Err(e) => format!("{e:?}"),
+                    });
+                failures.push(format!(
+                    "{} ({:?}, killed {}, shim killed {}, deleted {}): exits {exits:?}, \
+                     want one of {ok_codes:?}; the shim's State: {shim:?}",
+                    c.id, c.kind, c.killed, c.shim_killed, c.deleted
+                ))
+            }
         }
         let check_lines = match c.kind {
             Kind::FileLog => true,
