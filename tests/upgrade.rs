@@ -587,19 +587,7 @@ fn upgrades_back_and_forth_leak_nothing() {
     // fds and threads.
     // The upgrade command's own connections close a moment after it exits:
     // count once they have.
-    let settled = || {
-        let mut last = threads_and_fds(shim);
-        let mut same = 0;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while same < 3 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            let now = threads_and_fds(shim);
-            same = if now == last { same + 1 } else { 0 };
-            last = now;
-        }
-        last
-    };
-    let before = settled();
+    let before = settled_threads_and_fds(shim);
     let anon = anon_kb(shim);
     for i in 0..20 {
         let bin = if i % 2 == 0 { &next } else { &current() };
@@ -609,7 +597,7 @@ fn upgrades_back_and_forth_leak_nothing() {
         assert_eq!(out.lines().count(), 2, "{out}");
     }
     assert_eq!(shim_version(&env, "a"), wedge::VERSION);
-    assert_eq!(settled(), before, "threads and fds");
+    assert_eq!(settled_threads_and_fds(shim), before, "threads and fds");
     let after = anon_kb(shim);
     assert!(
         after < anon + 64,
