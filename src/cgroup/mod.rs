@@ -194,19 +194,35 @@ impl OwnMemory {
         })
     }
 
-    /// Bytes used and the limit; `None` when it has no limit.
+    /// Bytes used and the limit; `None` when it has no limit. Used leaves
+    /// out file cache (the kernel reclaims it before it OOM-kills: a shim
+    /// writing `file://` logs fills its cgroup with it); a tmpfs's pages
+    /// are shmem, never file cache, so a spill's pages count.
     pub fn usage(&self) -> Option<(u64, u64)> {
-        let (usage, limit) = if self.v2 {
-            ("memory.current", "memory.max")
+        let (usage, limit, [active, inactive]) = if self.v2 {
+            (
+                "memory.current",
+                "memory.max",
+                ["active_file", "inactive_file"],
+            )
         } else {
-            ("memory.usage_in_bytes", "memory.limit_in_bytes")
+            (
+                "memory.usage_in_bytes",
+                "memory.limit_in_bytes",
+                ["total_active_file", "total_inactive_file"],
+            )
         };
         // v1 says "no limit" with a number near 2^63, v2 with "max".
         let limit: u64 = read(&self.dir, limit)
             .parse()
             .ok()
             .filter(|l| *l < 1 << 60)?;
-        Some((read(&self.dir, usage).parse().ok()?, limit))
+        let used: u64 = read(&self.dir, usage).parse().ok()?;
+        let cache = [active, inactive]
+            .iter()
+            .filter_map(|k| read_key(&self.dir, "memory.stat", k))
+            .sum::<u64>();
+        Some((used.saturating_sub(cache), limit))
     }
 }
 
@@ -249,6 +265,18 @@ mod tests {
         assert_eq!(m(false).usage(), Some((2 << 20, 32 << 20)));
         w("memory.limit_in_bytes", "9223372036854771712\n");
         assert_eq!(m(false).usage(), None);
+        // File cache is left out (v1's hierarchical totals), shmem is not.
+        w("memory.limit_in_bytes", "33554432\n");
+        let v1_stat = "cache 1048576\nshmem 524288\nactive_file 1\ntotal_shmem 524288\n\
+                       total_active_file 262144\ntotal_inactive_file 524288\n";
+        w("memory.stat", v1_stat);
+        assert_eq!(m(false).usage(), Some(((2 << 20) - (768 << 10), 32 << 20)));
+        w("memory.max", "33554432\n");
+        w(
+            "memory.stat",
+            "anon 4096\nfile 1048576\nshmem 262144\nactive_file 262144\ninactive_file 524288\n",
+        );
+        assert_eq!(m(true).usage(), Some(((1 << 20) - (768 << 10), 32 << 20)));
     }
 
     const MOUNTINFO: &str = "\

@@ -24,8 +24,9 @@ use super::relay::Flow;
 
 /// Bytes kept in memory before the spill moves to a file.
 pub const MEM_MAX: usize = 256 * 1024;
-/// A spill file grows only while its file system keeps this share free
-/// (1/4): all spills together never take more than 3/4 of it.
+/// A spill file grows only while its file system keeps this share (1/4) of
+/// what users can have available: all spills together never take more
+/// than 3/4 of it.
 pub const FREE_SHARE: u64 = 4;
 /// On a tmpfs, a spill grows only while the shim's whole memory cgroup uses
 /// less than this share (1/4) of its limit: the rest is for the runtime
@@ -111,11 +112,9 @@ impl SpillFile {
     fn check_room(&self, len: u64) -> std::io::Result<()> {
         let full = |why: String| Err(std::io::Error::new(std::io::ErrorKind::StorageFull, why));
         let st = rustix::fs::fstatvfs(&self.fd)?;
-        let (free, size) = (st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize);
-        if free < len + size / FREE_SHARE {
-            return full(format!(
-                "{free} of {size} bytes free, and a spill leaves 1/{FREE_SHARE} of its file system free"
-            ));
+        let (blocks, bfree, bavail) = (st.f_blocks, st.f_bfree, st.f_bavail);
+        if let Err(why) = fs_room(blocks, bfree, bavail, st.f_frsize, len) {
+            return full(why);
         }
         match self.charged.as_ref().and_then(|m| m.usage()) {
             Some((used, limit)) if used + len > limit / CGROUP_SHARE => full(format!(
@@ -124,6 +123,25 @@ impl SpillFile {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether `len` more bytes leave a file system of `blocks` blocks (of
+/// `frsize` bytes; `bfree` free, `bavail` of them available to users) its
+/// [`FREE_SHARE`] available. Its size is what users can have, used plus
+/// available: blocks reserved for root (ext4 reserves 5% by default, some
+/// hosts far more) count for neither, as `df` reckons its use%.
+fn fs_room(blocks: u64, bfree: u64, bavail: u64, frsize: u64, len: u64) -> Result<(), String> {
+    let free = bavail.saturating_mul(frsize);
+    let size = blocks
+        .saturating_sub(bfree)
+        .saturating_add(bavail)
+        .saturating_mul(frsize);
+    if free < len.saturating_add(size / FREE_SHARE) {
+        return Err(format!(
+            "{free} of {size} bytes available, and a spill leaves 1/{FREE_SHARE} of its file system available"
+        ));
+    }
+    Ok(())
 }
 
 /// `statfs`'s type of a tmpfs.
@@ -507,6 +525,24 @@ mod tests {
     fn free(dir: &std::path::Path) -> u64 {
         let st = rustix::fs::statvfs(dir).unwrap();
         st.f_bavail * st.f_frsize
+    }
+
+    /// Room is reckoned against what users can have: an ext4 disk whose
+    /// root reserve is most of its free blocks (this CI host: 66,053,021
+    /// blocks, 59,701,922 free, 17,470,373 available) still takes a spill,
+    /// and a file system nearly full of users' files does not.
+    #[test]
+    fn room_is_reckoned_without_the_root_reserve() {
+        let (blocks, bfree, bavail) = (66_053_021, 59_701_922, 17_470_373);
+        assert_eq!(fs_room(blocks, bfree, bavail, 4096, 64 << 10), Ok(()));
+        // Users' files fill it: 700 of 1000 blocks used, 250 available
+        // (50 reserved). A quarter of 950 blocks must stay available.
+        assert_eq!(fs_room(1000, 300, 250, 4096, 0), Ok(()));
+        let err = fs_room(1000, 300, 250, 4096, 64 << 10).unwrap_err();
+        assert!(err.contains("1024000 of 3891200 bytes available"), "{err}");
+        // No reserve (tmpfs): the same quarter of the whole.
+        assert!(fs_room(2048, 600, 600, 4096, 0).is_ok());
+        assert!(fs_room(2048, 500, 500, 4096, 0).is_err());
     }
 
     /// Twenty stalled streams spilling into one small file system, each
