@@ -533,22 +533,32 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
             .arg(dir.join("log.json"))
             .args(["--log-format", "json", "delete", "--force", &flags.id])
             .env_remove("NOTIFY_SOCKET");
-        let out = if dir.join(crate::service::task::DELETE_ABANDONED).exists() {
-            Err(std::io::Error::other(
-                "hung when the shim deleted the task; not run again",
-            ))
+        // A live shim (staying after its Shutdown) may still be retrying a
+        // runtime delete that hung: left to it. Otherwise it runs (again),
+        // bounded.
+        let marker = dir.join(crate::service::task::DELETE_ABANDONED);
+        if crate::service::retried_by_a_live_shim(&marker) {
+            eprintln!(
+                "{}: runtime delete hung when the shim deleted the task; the shim retries it",
+                flags.id
+            );
         } else {
-            run_bounded(cmd, SHIM_DELETE_RUNTIME_BOUND)
-        };
-        match out {
-            Ok(o) if !o.status.success() => {
-                eprintln!(
-                    "{binary} delete: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
+            match run_bounded(cmd, SHIM_DELETE_RUNTIME_BOUND) {
+                Ok(o) if !o.status.success() => {
+                    let err = String::from_utf8_lossy(&o.stderr);
+                    if !(marker.exists() && err.contains("does not exist")) {
+                        eprintln!("{binary} delete: {}", err.trim());
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::TimedOut => eprintln!(
+                    "{}: runtime delete still did not finish ({binary} {err}); \
+                     left behind: the runtime's state under {}",
+                    flags.id,
+                    opts.runtime_root(&flags.namespace)
+                ),
+                Err(err) => eprintln!("{binary} delete: {err}"),
+                _ => {}
             }
-            Err(err) => eprintln!("{binary} delete: {err}"),
-            _ => {}
         }
     }
     crate::mount::unmount_all(&dir.join("rootfs")).map_err(|err| err.to_string())?;

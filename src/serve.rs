@@ -10,7 +10,8 @@
 //! file is removed and the process exits. After a Shutdown (no container
 //! left, so no `shim delete` will read the store) kept events are delivered
 //! first, for up to [`KEPT_EVENTS_LINGER`]; what containerd did not take by
-//! then is logged and dropped.
+//! then is logged and dropped. Runtime deletes that hung get their retries
+//! in the same time (`service::afterlife`).
 //!
 //! Upgrade in place ([`crate::upgrade`]): on the control call or SIGUSR2 the
 //! daemon hands everything over to the binary installed at its own path; an
@@ -487,9 +488,18 @@ async fn serve(
         let _ = std::fs::remove_file(p);
     }
     let drained = d.events.flush(Duration::from_secs(5)).await;
-    if let (Some(store), Some(_)) = (&store, &held) {
-        d.events.deliver_kept(store, KEPT_EVENTS_LINGER).await;
-    }
+    let kept = async {
+        if let (Some(store), Some(_)) = (&store, &held) {
+            d.events.deliver_kept(store, KEPT_EVENTS_LINGER).await;
+        }
+    };
+    // Abandoned runtime deletes are retried for a while (afterlife).
+    let retries = d.service.retries_done(if asked {
+        crate::service::RETRY_FOR
+    } else {
+        Duration::ZERO
+    });
+    tokio::join!(kept, retries);
     drop(held);
     // Let the Shutdown response reach the client.
     tokio::time::sleep(Duration::from_millis(20)).await;

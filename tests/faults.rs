@@ -466,7 +466,7 @@ fn stalled_readers_never_fill_the_state_file_system() {
     );
     assert!(
         env.containerd_log()
-            .contains("a spill leaves 1/4 of its file system free"),
+            .contains("a spill leaves 1/4 of its file system available"),
         "the shims say why they drop"
     );
     // Everything still works: an exec's output, a container's exit.

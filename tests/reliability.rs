@@ -674,6 +674,29 @@ fn a_hung_runtime_never_leaves_a_container_unkillable() {
         assert!(env.ctr(&["task", "rm", id]).status.success(), "{id}");
     }
     env.set_hang("kill", false);
+    // The shim retried the hung `runtime delete` of the victim until the
+    // runtime answered again: its state is gone too.
+    let state = Path::new("/run/containerd/runc")
+        .join(&env.ns)
+        .join("victim");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state.exists()
+        || !env
+            .containerd_log()
+            .contains("victim: runtime delete done on retry")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{} is left: {}",
+            state.display(),
+            env.containerd_log()
+                .lines()
+                .filter(|l| l.contains("victim") || l.contains("retr"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !hung_runtime_calls(shim).1.is_empty() || threads_and_fds(shim) != before {
         assert!(
@@ -697,12 +720,6 @@ fn a_hung_runtime_never_leaves_a_container_unkillable() {
     {
         let _ = env.ctr(&["container", "rm", id]);
     }
-    // The hung `runtime delete` left the victim's runtime state, as the shim
-    // said; the runtime cleans it up once it works again.
-    let _ = Command::new("runc")
-        .args(["--root", &format!("/run/containerd/runc/{}", env.ns)])
-        .args(["delete", "--force", "victim"])
-        .status();
     env.finish("anchor");
     env.assert_clean();
     // No runtime call outlived its caller (orphans are reparented to init).

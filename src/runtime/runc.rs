@@ -185,10 +185,14 @@ impl Runc {
         let log_start = std::fs::metadata(&self.cfg.log)
             .map(|m| m.len())
             .unwrap_or(0);
+        let mut global = self.global_args();
+        // A bundle containerd removed already (a delete retried after the
+        // task went) has nowhere for the log: the runtime says it on stderr.
+        if self.cfg.log.parent().is_some_and(|b| !b.exists()) {
+            global.drain(2..4);
+        }
         let mut cmd = Command::new(&self.cfg.binary);
-        cmd.args(self.global_args())
-            .args(&args)
-            .env_remove("NOTIFY_SOCKET");
+        cmd.args(global).args(&args).env_remove("NOTIFY_SOCKET");
         // In the container's bundle: a grouped shim's own directory is the
         // first container's bundle, gone once that one is deleted (a shell
         // wrapper around the runtime then says so into the container's

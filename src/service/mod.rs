@@ -3,6 +3,7 @@
 //! `containerd.task.v2.Task` service (and the same methods under
 //! `containerd.task.v3.Task`, whose messages are wire-compatible).
 
+mod afterlife;
 pub mod task;
 pub mod task_ops;
 
@@ -14,6 +15,7 @@ use containerd_shim_protos::ttrpc::{Code, Status};
 
 use crate::error::Error;
 use crate::ttrpc::{status, BoxFuture, Dispatch};
+pub use afterlife::{retried_by_a_live_shim, RETRY_FOR};
 pub use task::TaskService;
 
 /// The Task methods this shim answers (the same under both service names).

@@ -78,10 +78,14 @@ pub struct TaskService {
     pub(crate) events: Publisher,
     pub(crate) reaper: Arc<Reaper>,
     pub(crate) host: Arc<dyn Host>,
-    containers: Mutex<HashMap<String, Arc<Container>>>,
-    reserved: Mutex<HashSet<String>>,
+    pub(super) containers: Mutex<HashMap<String, Arc<Container>>>,
+    pub(super) reserved: Mutex<HashSet<String>>,
     early: Mutex<EarlyExits>,
-    shutdown: Arc<Notify>,
+    pub(super) shutdown: Arc<Notify>,
+    /// Abandoned runtime deletes being retried ([`super::afterlife`]).
+    pub(super) retries: super::afterlife::Retries,
+    /// How many times a Delete took the last container.
+    pub(super) emptied: std::sync::atomic::AtomicU64,
     /// Exits being handled (their output delivered, then published).
     exiting: std::sync::atomic::AtomicUsize,
     exits_idle: Notify,
@@ -188,6 +192,8 @@ impl TaskService {
             shutdown,
             exiting: std::sync::atomic::AtomicUsize::new(0),
             exits_idle: Notify::new(),
+            retries: Default::default(),
+            emptied: Default::default(),
         })
     }
 
@@ -632,7 +638,7 @@ impl TaskService {
 
     /// Delete: init (runtime delete, stdio, unmount, `/tasks/delete`) or an
     /// exec (its record and pid file).
-    pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+    pub async fn delete(self: &Arc<Self>, req: DeleteRequest) -> Result<DeleteResponse> {
         let c = self.get(&req.id)?;
         let p = c.process(&req.exec_id)?;
         let _order = p.lifecycle.lock().await;
@@ -648,19 +654,21 @@ impl TaskService {
                 }
                 Err(_) => {
                     // The container is gone (Delete needs it stopped): what
-                    // the shim owns is released all the same.
+                    // the shim owns is released all the same, and the
+                    // runtime's state once the runtime answers again.
                     let removed = c.cgroup().map(|cg| cg.remove_dirs());
                     let _ = std::fs::write(c.bundle.join(DELETE_ABANDONED), "");
                     crate::warn!(
-                        "{}: runtime delete did not finish within {bound:?}; going on without it. \
-                         Not cleaned: the runtime's state under {}{}",
+                        "{}: runtime delete did not finish within {bound:?}; going on without it \
+                         and retrying for {:?}{}",
                         c.id,
-                        c.options.runtime_root(&self.namespace),
+                        super::afterlife::RETRY_FOR,
                         match removed {
-                            Some(Err(e)) => format!(", the cgroup ({e})"),
+                            Some(Err(e)) => format!(". Not cleaned: the cgroup ({e})"),
                             _ => String::new(),
                         }
                     );
+                    self.retry_runtime_delete(c.clone());
                 }
             }
             c.stop_oom();
@@ -672,7 +680,14 @@ impl TaskService {
             if c.mounted_rootfs {
                 unmount_all(&c.bundle.join("rootfs"))?;
             }
-            lock(&self.containers).remove(&c.id);
+            let last = {
+                let mut all = lock(&self.containers);
+                all.remove(&c.id);
+                all.is_empty()
+            };
+            if last {
+                self.watch_for_orphaning(&c.id);
+            }
         } else {
             p.close_io(IO_DRAIN).await;
             let _ = std::fs::remove_file(c.bundle.join(format!("{}.pid", req.exec_id)));
@@ -874,6 +889,9 @@ impl TaskService {
     pub fn handover_blocker(&self) -> Option<String> {
         if !lock(&self.reserved).is_empty() {
             return Some("a container is being created".into());
+        }
+        if self.retrying() {
+            return Some("a runtime delete is being retried".into());
         }
         lock(&self.containers)
             .values()

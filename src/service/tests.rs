@@ -578,6 +578,76 @@ async fn a_hung_runtime_delete_still_releases_the_task() {
     assert_eq!(d.exit_status, 137);
     assert!(t.elapsed() >= super::task::DELETE_BOUND);
     assert!(h.svc.is_empty());
+    // The runtime delete is retried (forced) until the runtime answers;
+    // meanwhile `shim delete` sees a live shim doing it.
+    let marker = h.bundle.path().join(super::task::DELETE_ABANDONED);
+    assert!(super::retried_by_a_live_shim(&marker));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let forced = |h: &Harness| {
+        let calls = h.rt.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter(|c| *c == "delete hd force=true")
+            .count()
+    };
+    assert!(forced(&h) >= 2, "{:?}", h.rt.calls.lock().unwrap());
+    assert!(h.svc.retrying());
+    h.rt.hang.lock().unwrap().clear();
+    let tries = forced(&h);
+    h.svc.retries_done(super::RETRY_FOR).await;
+    assert_eq!(forced(&h), tries + 1);
+    assert!(!h.svc.retrying());
+    assert!(!marker.exists(), "the marker goes once the delete is done");
+    assert!(!super::retried_by_a_live_shim(&marker));
+}
+
+/// A runtime delete that never recovers is retried for a while, then
+/// given up (said in the log); nothing waits on it for longer.
+#[tokio::test(start_paused = true)]
+async fn a_runtime_delete_that_stays_hung_is_given_up() {
+    let h = harness();
+    h.svc.create(create_req(&h, "hd")).await.unwrap();
+    h.rt.hang.lock().unwrap().insert("delete".into());
+    delete(&h, "hd", "").await.unwrap();
+    let t = tokio::time::Instant::now();
+    h.svc.retries_done(Duration::from_secs(3600)).await;
+    assert!(
+        t.elapsed() <= super::RETRY_FOR + super::task::DELETE_BOUND,
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(!h.svc.retrying());
+}
+
+/// containerd died between a Delete and its Shutdown (and its client then
+/// removed the container): with no container left the shim shuts down by
+/// itself after a grace; a Create within the grace keeps it.
+#[tokio::test(start_paused = true)]
+async fn a_shim_never_told_to_shut_down_after_its_last_delete_goes_by_itself() {
+    let h = harness();
+    let shut = {
+        let n = h.shutdown.clone();
+        tokio::spawn(async move { n.notified().await })
+    };
+    for id in ["a", "b"] {
+        h.svc.create(create_req(&h, id)).await.unwrap();
+    }
+    for id in ["a", "b"] {
+        delete(&h, id, "").await.unwrap();
+        if id == "a" {
+            tokio::time::sleep(super::afterlife::ORPHAN_GRACE * 2).await;
+            assert!(!shut.is_finished(), "a container is left");
+        }
+    }
+    // Recreated within the grace: kept.
+    tokio::time::sleep(super::afterlife::ORPHAN_GRACE / 2).await;
+    h.svc.create(create_req(&h, "c")).await.unwrap();
+    tokio::time::sleep(super::afterlife::ORPHAN_GRACE).await;
+    assert!(!shut.is_finished(), "a container was created in the grace");
+    delete(&h, "c", "").await.unwrap();
+    let t = tokio::time::Instant::now();
+    shut.await.unwrap();
+    assert_eq!(t.elapsed(), super::afterlife::ORPHAN_GRACE);
 }
 
 /// An exec that prints and exits before its Start is answered: Start answers

@@ -680,7 +680,12 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
 
     /// Asserts that nothing of this env's containers remains.
     pub fn assert_clean(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.assert_clean_within(Duration::from_secs(10))
+    }
+
+    /// [`Env::assert_clean`], waiting up to `limit` for what goes by itself.
+    pub fn assert_clean_within(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         loop {
             match self.leftovers() {
                 v if v.is_empty() => return,
