@@ -382,6 +382,63 @@ fn a_full_log_disk_drops_counted_output_and_resumes_when_room_returns() {
     env.assert_clean();
 }
 
+/// A fast producer whose burst into a full `file://` log ends right at its
+/// exit, many runs: every run, what is in the file plus what the shim says
+/// it dropped is exactly what the container wrote, and the exit is the
+/// container's own.
+#[test]
+fn a_burst_into_a_full_log_disk_right_before_exit_is_counted_every_run() {
+    const RUNS: usize = 20;
+    let env = Env::start(I);
+    let logs = Tmpfs::mount(&env.dir.path().join("logs"), "1m");
+    std::fs::write(logs.0.join("filler"), vec![1u8; 768 << 10]).unwrap();
+    let burst: u64 = 512 << 10;
+    let limit = slack(Duration::from_secs(20));
+    let (mut kept_all, mut dropped_all) = (0u64, 0u64);
+    for i in 0..RUNS {
+        let (id, log) = (format!("burst{i}"), logs.0.join(format!("burst{i}.log")));
+        let uri = format!("file://{}", log.display());
+        let script = format!("head -c {burst} /dev/zero; exit 7");
+        let out = env.run(&id, &["-d", "--log-uri", &uri], &["sh", "-c", &script]);
+        assert!(out.status.success(), "{id}: {}", stderr(&out));
+        env.wait_status(&id, "STOPPED");
+        assert_eq!(env.state(&id, "").exit_status, 7, "{id}");
+        let name = log.display().to_string();
+        let deadline = Instant::now() + limit;
+        let dropped = loop {
+            let ours: String = env
+                .containerd_log()
+                .lines()
+                .filter(|l| l.contains(&name))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            if ours.contains("output ended with") {
+                break dropped_for_room(&ours).unwrap();
+            }
+            assert!(Instant::now() < deadline, "{id}: no count: {ours}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let kept = std::fs::metadata(&log).unwrap().len();
+        assert!(dropped > 0, "{id}: the burst fit");
+        assert_eq!(
+            kept + dropped,
+            burst,
+            "{id}: kept {kept} + dropped {dropped}"
+        );
+        kept_all += kept;
+        dropped_all += dropped;
+        assert!(env.ctr(&["task", "rm", &id]).status.success());
+        assert!(env.ctr(&["container", "rm", &id]).status.success());
+        std::fs::remove_file(&log).unwrap();
+    }
+    eprintln!(
+        "{RUNS} bursts of {burst} bytes right before exit into a full log disk: \
+         {kept_all} kept, {dropped_all} dropped and counted"
+    );
+    drop(logs);
+    env.assert_clean();
+}
+
 /// `ctr run -d` of `script` in `id` (the output FIFOs then have no reader).
 fn detached(env: &Env, id: &str, group: Option<&str>, script: &str) {
     let annotation = group.map(|g| format!("io.containerd.runc.v2.group={g}"));
