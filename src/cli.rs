@@ -62,6 +62,11 @@ pub fn usage(argv0: &str, name: &str) -> String {
 
 /// Runs the binary; returns the process exit code.
 pub fn run() -> i32 {
+    // A pod's namespace holder is this binary too, told so by its
+    // environment: it never returns.
+    if let Some(never) = crate::sandbox::holder::run_if_holder() {
+        match never {}
+    }
     let argv: Vec<String> = std::env::args().collect();
     let argv0 = argv.first().cloned().unwrap_or_default();
     let name = runtime_name(&argv0);

@@ -35,6 +35,7 @@ pub mod options;
 pub mod process;
 pub mod reaper;
 pub mod runtime;
+pub mod sandbox;
 pub mod serve;
 pub mod service;
 pub mod stdio;

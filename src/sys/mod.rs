@@ -5,6 +5,7 @@
 //! Nothing else in the crate touches raw file descriptors.
 #![allow(unsafe_code)]
 
+pub mod holder;
 pub mod nofile;
 
 use std::io;
