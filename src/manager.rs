@@ -128,7 +128,12 @@ pub fn start(flags: &Flags) -> Result<(), String> {
         _ => (None, None, flags.debug),
     };
     let grpc = grpc.unwrap_or(&flags.address);
-    let config = std::fs::read_to_string("config.json").map_err(e("read config.json"))?;
+    // A pod's sandbox bundle (CRI's `sandboxer = "shim"`) has no config.json:
+    // the sandbox is its own group.
+    let config = match std::fs::read_to_string("config.json") {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        r => r.map_err(e("read config.json"))?,
+    };
     let group = group_id(&config, &flags.id);
     let dir = Path::new(input.socket_dir().unwrap_or(SOCKET_DIR));
     let path = socket_path_in(dir, grpc, &flags.namespace, &group);
@@ -566,10 +571,14 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
     if crate::exitfile::oom_recorded(&dir) {
         eprintln!("{}: the container was OOM-killed", flags.id);
     }
-    let pid = std::fs::read_to_string(dir.join("init.pid"))
+    let mut pid = std::fs::read_to_string(dir.join("init.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(0);
+    // A pod's sandbox: its holder goes with the dead shim.
+    if let Some(holder) = kill_pod_holder(&dir) {
+        pid = holder;
+    }
     // The container's own exit when the shim recorded one; otherwise it was
     // still running and `delete --force` just killed it.
     let (status, at) = match crate::exitfile::read(&dir) {
@@ -587,6 +596,22 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         .write_all(&bytes)
         .map_err(e("write response"))?;
     Ok(())
+}
+
+/// Kills the pod holder a sandbox's bundle names, if it still runs (and is
+/// one: its environment says so, so a reused pid is never hit); its pid.
+fn kill_pod_holder(bundle: &Path) -> Option<u32> {
+    let file = bundle.join(crate::sandbox::service::HOLDER_PID_FILE);
+    let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let marker = format!("{}=", crate::sandbox::holder::HOLDER_ENV);
+    if env
+        .split(|b| *b == 0)
+        .any(|v| v.starts_with(marker.as_bytes()))
+    {
+        let _ = crate::sys::send_signal(pid as i32, libc::SIGKILL);
+    }
+    Some(pid)
 }
 
 #[cfg(test)]

@@ -88,8 +88,18 @@ impl Subscriber {
         );
         let (s, p, l) = (stop.clone(), pid.clone(), log.clone());
         let mut cmd = env.ctr_cmd(&["events"]);
+        let sock = env.address.clone();
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
+                // Only once containerd accepts connections: a `ctr` that
+                // dials a containerd still down waits out gRPC's backoff
+                // (1 s, then 1.6 s, …), and events published meanwhile
+                // (a restarted containerd takes them at once) would be
+                // missed by the record, not by containerd.
+                if std::os::unix::net::UnixStream::connect(&sock).is_err() {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
                 let out = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)

@@ -332,7 +332,7 @@ async fn write_all(fd: Option<OwnedFd>, data: Option<Vec<u8>>) {
 }
 
 /// Reads a pipe to EOF without blocking the runtime thread.
-async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
+pub(crate) async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
     let mut buf = Vec::new();
     if let Some(fd) = fd {
         if let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {

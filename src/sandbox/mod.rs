@@ -1,4 +1,7 @@
 //! Pods without a pause container (containerd's Sandbox API, `sandboxer =
-//! "shim"`): the pod's namespace holder.
+//! "shim"`): the Sandbox service, the pod's namespace holder and what the
+//! shim reads of the pod's config.
 
 pub mod holder;
+pub mod pod_config;
+pub mod service;

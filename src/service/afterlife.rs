@@ -143,8 +143,7 @@ impl TaskService {
         tokio::spawn(async move {
             tokio::time::sleep(ORPHAN_GRACE).await;
             let Some(svc) = svc.upgrade() else { return };
-            let empty = lock(&svc.containers).is_empty() && lock(&svc.reserved).is_empty();
-            if empty && svc.emptied.load(Ordering::Acquire) == generation {
+            if svc.idle() && svc.emptied.load(Ordering::Acquire) == generation {
                 crate::warn!(
                     "no Shutdown within {ORPHAN_GRACE:?} of deleting the last container ({last}); \
                      shutting down"

@@ -42,12 +42,12 @@ pub const METHODS: [&str; 17] = [
 /// Task service names this shim answers to.
 pub const SERVICES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
 
-fn decode<M: Message>(payload: &[u8]) -> Result<M, Status> {
+pub(crate) fn decode<M: Message>(payload: &[u8]) -> Result<M, Status> {
     M::parse_from_bytes(payload)
         .map_err(|e| Error::InvalidArgument(format!("malformed request: {e}")).to_status())
 }
 
-fn encode<M: Message>(r: Result<M, Error>) -> Result<Vec<u8>, Status> {
+pub(crate) fn encode<M: Message>(r: Result<M, Error>) -> Result<Vec<u8>, Status> {
     match r {
         Ok(m) => m
             .write_to_bytes()

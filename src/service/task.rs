@@ -78,10 +78,12 @@ pub struct TaskService {
     pub(crate) events: Publisher,
     pub(crate) reaper: Arc<Reaper>,
     pub(crate) host: Arc<dyn Host>,
-    pub(super) containers: Mutex<HashMap<String, Arc<Container>>>,
-    pub(super) reserved: Mutex<HashSet<String>>,
+    pub(crate) containers: Mutex<HashMap<String, Arc<Container>>>,
+    pub(crate) reserved: Mutex<HashSet<String>>,
     early: Mutex<EarlyExits>,
-    pub(super) shutdown: Arc<Notify>,
+    pub(crate) shutdown: Arc<Notify>,
+    /// Pods held for CRI's `sandboxer = "shim"` ([`crate::sandbox`]).
+    pub(crate) sandboxes: crate::sandbox::service::Sandboxes,
     /// Abandoned runtime deletes being retried ([`super::afterlife`]).
     pub(super) retries: super::afterlife::Retries,
     /// How many times a Delete took the last container.
@@ -194,6 +196,7 @@ impl TaskService {
             exits_idle: Notify::new(),
             retries: Default::default(),
             emptied: Default::default(),
+            sandboxes: Default::default(),
         })
     }
 
@@ -851,9 +854,12 @@ impl TaskService {
 
     /// Connect: the shim's pid and the task's init pid.
     pub fn connect(&self, req: ConnectRequest) -> Result<ConnectResponse> {
+        // A sandbox's "task" is its holder (containerd reconnects to a
+        // sandbox shim with the sandbox's id).
         let task_pid = lock(&self.containers)
             .get(&req.id)
             .map(|c| c.init.pid())
+            .or_else(|| self.sandboxes.pid(&req.id))
             .unwrap_or(0);
         Ok(ConnectResponse {
             shim_pid: std::process::id(),
@@ -862,12 +868,25 @@ impl TaskService {
         })
     }
 
-    /// Shutdown: exits the shim once no container is left.
+    /// Shutdown: exits the shim once no container (and no sandbox) is left.
     pub fn shutdown(&self, _req: ShutdownRequest) -> Result<()> {
-        if lock(&self.containers).is_empty() && lock(&self.reserved).is_empty() {
+        self.shutdown_if_idle();
+        Ok(())
+    }
+
+    /// Whether nothing is left to serve: no container, none being
+    /// created, no sandbox.
+    pub(crate) fn idle(&self) -> bool {
+        lock(&self.containers).is_empty()
+            && lock(&self.reserved).is_empty()
+            && self.sandboxes.is_empty()
+    }
+
+    /// Exits the shim if it is [`TaskService::idle`].
+    pub(crate) fn shutdown_if_idle(&self) {
+        if self.idle() {
             self.shutdown.notify_one();
         }
-        Ok(())
     }
 
     /// Waits until no exit is being handled (at most `limit`). The reaper
@@ -892,6 +911,9 @@ impl TaskService {
         }
         if self.retrying() {
             return Some("a runtime delete is being retried".into());
+        }
+        if !self.sandboxes.is_empty() {
+            return Some("it holds a pod's sandbox".into());
         }
         lock(&self.containers)
             .values()

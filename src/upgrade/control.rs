@@ -76,6 +76,10 @@ impl Dispatch for Front {
         method: String,
         payload: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, Status>> {
+        if service == crate::sandbox::service::SERVICE {
+            let tasks = self.tasks.clone();
+            return Box::pin(async move { tasks.dispatch_sandbox(&method, &payload).await });
+        }
         if service != SERVICE {
             return self.tasks.clone().dispatch(service, method, payload);
         }
