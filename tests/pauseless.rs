@@ -61,7 +61,6 @@ fn a_host_network_pod_runs_without_a_pause_container() {
             .unwrap()
             .into_inner();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "from-exec\n");
-        eprintln!("{}", env.containerd_log());
         rt.stop_container(StopContainerRequest {
             container_id: id.clone(),
             timeout: 1,
@@ -74,6 +73,227 @@ fn a_host_network_pod_runs_without_a_pause_container() {
         .await
         .unwrap();
         remove_pod(&mut rt, &env, &pod, Duration::from_secs(10)).await;
+    });
+    env.assert_clean();
+}
+
+/// Pod start to first container running, through CRI as the kubelet asks
+/// (RunPodSandbox, CreateContainer, StartContainer), interleaved round by
+/// round: Wedge without a pause container, Wedge with one (podsandbox), and
+/// the Go shim of the containerd under test with one. Prints medians and
+/// ratios; asserts nothing about speed.
+#[test]
+fn bench_pod_start_to_first_container_running() {
+    let go_shim = containerd_bin("containerd-shim-runc-v2");
+    let extra = format!(
+        "{PAUSELESS}
+    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.goshim]
+      runtime_type = \"{}\"
+",
+        go_shim.display()
+    );
+    let env = Env::start_custom(Install::Wedge, true, &extra);
+    let rounds: usize = std::env::var("WEDGE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let handlers = ["pauseless", "wedge", "goshim"];
+    let mut took: Vec<Vec<f64>> = vec![Vec::new(); handlers.len()];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        for round in 0..rounds + 1 {
+            for (i, h) in handlers.iter().enumerate() {
+                let name = format!("b{round}-{h}");
+                let t = std::time::Instant::now();
+                let (pod, cfg) = start_pod(&mut rt, &env, &name, h).await;
+                let id = start_container(&mut rt, &pod, &cfg, "c", "sleep 600").await;
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                // The first round warms the caches up.
+                if round > 0 {
+                    took[i].push(ms);
+                }
+                rt.stop_container(StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout: 0,
+                })
+                .await
+                .unwrap();
+                rt.remove_container(RemoveContainerRequest { container_id: id })
+                    .await
+                    .unwrap();
+                remove_pod(&mut rt, &env, &pod, Duration::from_secs(20)).await;
+            }
+        }
+    });
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let m: Vec<f64> = took.iter_mut().map(median).collect();
+    eprintln!(
+        "pod start to first container running, {rounds} rounds, medians: \
+         pauseless (Wedge) {:.1} ms, pause (Wedge) {:.1} ms, pause (Go shim) {:.1} ms; \
+         pauseless/pause(Wedge) {:.2}, pauseless/pause(Go) {:.2}",
+        m[0],
+        m[1],
+        m[2],
+        m[0] / m[1],
+        m[0] / m[2]
+    );
+    env.assert_clean();
+}
+
+/// A CNI plugin for the tests: an `eth0` that is one end of a veth pair
+/// whose other end stays in the pod's own namespace too (CRI wants an eth0
+/// with an address; this one goes nowhere, so the pod has no route off the
+/// machine), with a link-local address and no route.
+const LOCAL_VETH_CNI: &str = r#"#!/bin/sh
+set -e
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+in=$(cat)
+case "$CNI_COMMAND" in
+ADD)
+  nsenter --net="$CNI_NETNS" ip link add "$CNI_IFNAME" type veth peer name pair0
+  nsenter --net="$CNI_NETNS" ip addr add 169.254.77.2/32 dev "$CNI_IFNAME"
+  nsenter --net="$CNI_NETNS" ip link set "$CNI_IFNAME" up
+  printf '{"cniVersion":"1.0.0","interfaces":[{"name":"%s","sandbox":"%s"}],"ips":[{"address":"169.254.77.2/32","interface":0}]}' "$CNI_IFNAME" "$CNI_NETNS"
+  ;;
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' ;;
+*) : ;;
+esac
+"#;
+
+/// A pod with its own network namespace (CRI made it; the test CNI gives
+/// it lo and an eth0 going nowhere: no route at all), its own hostname, ipc
+/// and pid namespace (shareProcessNamespace): two containers see the pod's
+/// hostname, no interface that goes anywhere, each other's processes and
+/// the holder as pid 1, and share the holder's ipc, uts and net namespaces.
+#[test]
+fn two_containers_share_a_pauseless_pods_namespaces() {
+    let env = Env::start_custom(Install::Wedge, true, PAUSELESS);
+    let cni = env.dir.path().join("cni");
+    // CRI sets lo up with the loopback plugin itself.
+    std::os::unix::fs::symlink("/usr/lib/cni/loopback", cni.join("bin/loopback")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plugin = cni.join("bin/wedge-local-veth");
+        std::fs::write(&plugin, LOCAL_VETH_CNI).unwrap();
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(
+        cni.join("conf/10-local-veth.conflist"),
+        r#"{"cniVersion": "1.0.0", "name": "local-veth-only", "plugins": [{"type": "wedge-local-veth"}]}"#,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        let mut cfg = pod_config(&env, "pl-own", &format!("/{}-cri/pl-own", env.ns));
+        cfg.hostname = "pl-own".into();
+        let ns = cfg
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options
+            .as_mut()
+            .unwrap();
+        ns.network = NamespaceMode::Pod as i32;
+        ns.pid = NamespaceMode::Pod as i32;
+        std::fs::create_dir_all(&cfg.log_directory).unwrap();
+        // CRI reloads its CNI config from the folder a moment after it changes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let pod = loop {
+            match rt
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(cfg.clone()),
+                    runtime_handler: "pauseless".into(),
+                })
+                .await
+            {
+                Ok(r) => break r.into_inner().pod_sandbox_id,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("RunPodSandbox: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let a = start_container(&mut rt, &pod, &cfg, "a", "sleep 600").await;
+        let b = start_container(&mut rt, &pod, &cfg, "b", "sleep 600").await;
+        let exec = |id: String, cmd: &'static str| {
+            let mut rt = rt.clone();
+            async move {
+                let out = rt
+                    .exec_sync(ExecSyncRequest {
+                        container_id: id,
+                        cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+                        timeout: 10,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(
+                    out.exit_code,
+                    0,
+                    "{cmd}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            }
+        };
+        for id in [&a, &b] {
+            assert_eq!(exec(id.clone(), "hostname").await, "pl-own");
+            let dev = exec(id.clone(), "cat /proc/net/dev").await;
+            let links: Vec<&str> = dev
+                .lines()
+                .filter_map(|l| Some(l.split_once(':')?.0.trim()))
+                .collect();
+            assert_eq!(links.len(), 3, "{dev}");
+            assert!(links.contains(&"eth0") && links.contains(&"pair0"), "{dev}");
+            let routes = exec(id.clone(), "cat /proc/net/route | tail -n +2").await;
+            assert_eq!(routes, "", "no route at all");
+            // The holder is pid 1 of the pod's pid namespace (no pause).
+            let init = exec(id.clone(), "tr '\\0' ' ' < /proc/1/cmdline").await;
+            assert!(!init.contains("pause"), "pid 1 is {init}");
+        }
+        // Each sees the other's processes.
+        let ps = exec(a.clone(), "ls /proc | grep -c '^[0-9]'").await;
+        assert!(ps.parse::<u32>().unwrap() >= 3, "{ps} processes");
+        for kind in ["ipc", "uts", "net", "pid"] {
+            let x = exec(
+                a.clone(),
+                "readlink /proc/self/ns/KIND".replace("KIND", kind).leak(),
+            )
+            .await;
+            let y = exec(
+                b.clone(),
+                "readlink /proc/self/ns/KIND".replace("KIND", kind).leak(),
+            )
+            .await;
+            assert_eq!(x, y, "{kind}");
+        }
+        for id in [a, b] {
+            rt.stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await
+            .unwrap();
+            rt.remove_container(RemoveContainerRequest { container_id: id })
+                .await
+                .unwrap();
+        }
+        remove_pod(&mut rt, &env, &pod, Duration::from_secs(20)).await;
     });
     env.assert_clean();
 }
