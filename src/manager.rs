@@ -575,9 +575,12 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(0);
-    // A pod's sandbox: its holder goes with the dead shim.
+    // A pod's sandbox: its holder and files go with the dead shim.
     if let Some(holder) = kill_pod_holder(&dir) {
         pid = holder;
+        if let Some(files) = crate::sandbox::files::PodFiles::locate(&dir, &flags.id) {
+            files.remove();
+        }
     }
     // The container's own exit when the shim recorded one; otherwise it was
     // still running and `delete --force` just killed it.

@@ -197,6 +197,11 @@ fn two_containers_share_a_pauseless_pods_namespaces() {
         let mut rt = connect(&env.address).await;
         let mut cfg = pod_config(&env, "pl-own", &format!("/{}-cri/pl-own", env.ns));
         cfg.hostname = "pl-own".into();
+        cfg.dns_config = Some(DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        });
         let ns = cfg
             .linux
             .as_mut()
@@ -266,6 +271,22 @@ fn two_containers_share_a_pauseless_pods_namespaces() {
             let init = exec(id.clone(), "tr '\\0' ' ' < /proc/1/cmdline").await;
             assert!(!init.contains("pause"), "pid 1 is {init}");
         }
+        // The pod's files, as a pause pod has them: hostname, resolv.conf
+        // from the pod's DNS, the node's hosts, one /dev/shm for the pod.
+        for id in [&a, &b] {
+            assert_eq!(exec(id.clone(), "cat /etc/hostname").await, "pl-own");
+            assert_eq!(
+                exec(id.clone(), "cat /etc/resolv.conf").await,
+                "search default.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5"
+            );
+            let shm = exec(id.clone(), "grep ' /dev/shm ' /proc/mounts").await;
+            assert!(
+                shm.contains("tmpfs") && shm.contains("size=65536k"),
+                "{shm}"
+            );
+        }
+        exec(a.clone(), "echo shared > /dev/shm/x").await;
+        assert_eq!(exec(b.clone(), "cat /dev/shm/x").await, "shared");
         // Each sees the other's processes.
         let ps = exec(a.clone(), "ls /proc | grep -c '^[0-9]'").await;
         assert!(ps.parse::<u32>().unwrap() >= 3, "{ps} processes");
@@ -294,6 +315,18 @@ fn two_containers_share_a_pauseless_pods_namespaces() {
                 .unwrap();
         }
         remove_pod(&mut rt, &env, &pod, Duration::from_secs(20)).await;
+        // The pod's files went with it.
+        let cri = |base: &str| {
+            env.dir
+                .path()
+                .join(base)
+                .join("io.containerd.grpc.v1.cri/sandboxes")
+                .join(&pod)
+        };
+        assert!(
+            !cri("root").exists() && !cri("state").exists(),
+            "the pod's files are left"
+        );
     });
     env.assert_clean();
 }

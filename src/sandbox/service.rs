@@ -21,6 +21,7 @@ use containerd_shim_protos::ttrpc::{Code, Status};
 use containerd_shim_protos::types::platform::Platform;
 use tokio::sync::watch;
 
+use super::files::PodFiles;
 use super::holder::{self, HolderSpec};
 use super::pod_config::{Mode, PodConfig, TYPE_URL};
 use crate::error::Error;
@@ -68,6 +69,9 @@ pub struct Sandbox {
     id: String,
     bundle: PathBuf,
     spec: HolderSpec,
+    pod: PodConfig,
+    /// Where CRI looks for the pod's hostname, hosts, resolv.conf and shm.
+    files: Option<PodFiles>,
     state: Mutex<State>,
     /// The holder's exit, once it is reaped (or the sandbox stopped before
     /// it started).
@@ -240,7 +244,9 @@ impl TaskService {
             Arc::new(Sandbox {
                 id: req.sandbox_id.clone(),
                 bundle: PathBuf::from(&req.bundle_path),
+                files: PodFiles::locate(std::path::Path::new(&req.bundle_path), &req.sandbox_id),
                 spec,
+                pod: config.clone(),
                 state: Mutex::new(State::Created {
                     at: SystemTime::now(),
                 }),
@@ -264,7 +270,24 @@ impl TaskService {
                 sb.id
             )));
         }
-        let pid = self.spawn_holder(&sb).await?;
+        if let Some(files) = &sb.files {
+            files.write(&sb.pod).map_err(|e| {
+                files.remove();
+                Error::Unknown(format!(
+                    "the pod's files under {}: {e}",
+                    files.root_dir.display()
+                ))
+            })?;
+        }
+        let pid = match self.spawn_holder(&sb).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(files) = &sb.files {
+                    files.remove();
+                }
+                return Err(e);
+            }
+        };
         let at = SystemTime::now();
         *lock(&sb.state) = State::Running { pid, at };
         if !sb.bundle.as_os_str().is_empty() {
@@ -424,6 +447,9 @@ impl TaskService {
             let _ = crate::sys::send_signal(pid as i32, libc::SIGKILL);
         }
         lock(&self.sandboxes.0).remove(&sb.id);
+        if let Some(files) = &sb.files {
+            files.remove();
+        }
         if !sb.bundle.as_os_str().is_empty() {
             let _ = std::fs::remove_file(sb.bundle.join(HOLDER_PID_FILE));
         }
