@@ -330,3 +330,70 @@ fn two_containers_share_a_pauseless_pods_namespaces() {
     });
     env.assert_clean();
 }
+
+/// containerd restarts with a pauseless pod running: it reconnects to the
+/// shim (Connect with the sandbox's id), finds the pod READY, and the pod
+/// takes a new container; the old one still execs; all goes at removal.
+#[test]
+fn a_pauseless_pod_survives_a_containerd_restart() {
+    let mut env = Env::start_custom(Install::Wedge, true, PAUSELESS);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (pod, cfg, a) = rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        let (pod, cfg) = start_pod(&mut rt, &env, "pl-restart", "pauseless").await;
+        let a = start_container(&mut rt, &pod, &cfg, "a", "sleep 600").await;
+        (pod, cfg, a)
+    });
+    env.kill_containerd();
+    env.start_containerd();
+    rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = rt
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: false,
+                })
+                .await
+                .map(|r| r.into_inner().status.unwrap().state);
+            if matches!(st, Ok(s) if s == PodSandboxState::SandboxReady as i32) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pod not READY after the restart: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let b = start_container(&mut rt, &pod, &cfg, "b", "sleep 600").await;
+        for id in [&a, &b] {
+            let out = rt
+                .exec_sync(ExecSyncRequest {
+                    container_id: id.clone(),
+                    cmd: vec!["echo".into(), "alive".into()],
+                    timeout: 10,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "alive\n");
+        }
+        for id in [a.clone(), b] {
+            rt.stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await
+            .unwrap();
+            rt.remove_container(RemoveContainerRequest { container_id: id })
+                .await
+                .unwrap();
+        }
+        remove_pod(&mut rt, &env, &pod, Duration::from_secs(20)).await;
+    });
+    env.assert_clean();
+}
