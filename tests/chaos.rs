@@ -240,6 +240,9 @@ fn chaos() {
     let mut stalled: Vec<(u32, Instant)> = Vec::new();
     let mut hang_until: Option<Instant> = None;
     let t0 = Instant::now();
+    // When containerd was killed: an exit it took just before dying may
+    // never have reached its subscribers.
+    let mut kills: Vec<std::time::SystemTime> = Vec::new();
     let end = t0 + Duration::from_secs(minutes * 60);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(100 + r.below(300)));
@@ -348,6 +351,7 @@ fn chaos() {
             55..=57 => {
                 n.containerd_kills += 1;
                 eprintln!("{:?}: containerd SIGKILLed", t0.elapsed());
+                kills.push(std::time::SystemTime::now());
                 env.kill_containerd();
                 for c in cs.iter_mut().filter(|c| c.attached.is_some()) {
                     c.reader_lost = true;
@@ -495,7 +499,25 @@ fn chaos() {
                         )
                     })
                     .map(|r| match r {
-                        Ok(s) => format!("{:?} {}", s.status, s.exit_status),
+                        Ok(s) => {
+                            // The exit's time, and the first containerd
+                            // kill after it.
+                            let at = std::time::UNIX_EPOCH
+                                + Duration::new(
+                                    s.exited_at.seconds as u64,
+                                    s.exited_at.nanos as u32,
+                                );
+                            let next_kill = kills
+                                .iter()
+                                .filter_map(|k| k.duration_since(at).ok())
+                                .min();
+                            format!(
+                                "{:?} {}, exited {:?} ago, containerd killed {next_kill:?} after it",
+                                s.status,
+                                s.exit_status,
+                                at.elapsed().unwrap_or_default()
+                            )
+                        }
                         Err(e) => format!("{e:?}"),
                     });
                 failures.push(format!(
