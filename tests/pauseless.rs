@@ -11,13 +11,30 @@ use std::time::Duration;
 
 use common::*;
 use cri_common::*;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
+use tonic::transport::Channel;
 
 const PAUSELESS: &str = r#"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.pauseless]
       runtime_type = "io.containerd.wedge.v2"
       sandboxer = "shim"
 "#;
+
+/// StopContainer (with `timeout` seconds) and RemoveContainer.
+async fn stop_and_remove(rt: &mut RuntimeServiceClient<Channel>, id: &str, timeout: i64) {
+    rt.stop_container(StopContainerRequest {
+        container_id: id.into(),
+        timeout,
+    })
+    .await
+    .unwrap();
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap();
+}
 
 fn processes_named(name: &str) -> usize {
     std::fs::read_dir("/proc")
@@ -61,17 +78,7 @@ fn a_host_network_pod_runs_without_a_pause_container() {
             .unwrap()
             .into_inner();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "from-exec\n");
-        rt.stop_container(StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 1,
-        })
-        .await
-        .unwrap();
-        rt.remove_container(RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        stop_and_remove(&mut rt, &id, 1).await;
         remove_pod(&mut rt, &env, &pod, Duration::from_secs(10)).await;
     });
     env.assert_clean();
@@ -116,15 +123,7 @@ fn bench_pod_start_to_first_container_running() {
                 if round > 0 {
                     took[i].push(ms);
                 }
-                rt.stop_container(StopContainerRequest {
-                    container_id: id.clone(),
-                    timeout: 0,
-                })
-                .await
-                .unwrap();
-                rt.remove_container(RemoveContainerRequest { container_id: id })
-                    .await
-                    .unwrap();
+                stop_and_remove(&mut rt, &id, 0).await;
                 remove_pod(&mut rt, &env, &pod, Duration::from_secs(20)).await;
             }
         }
@@ -304,15 +303,7 @@ fn two_containers_share_a_pauseless_pods_namespaces() {
             assert_eq!(x, y, "{kind}");
         }
         for id in [a, b] {
-            rt.stop_container(StopContainerRequest {
-                container_id: id.clone(),
-                timeout: 0,
-            })
-            .await
-            .unwrap();
-            rt.remove_container(RemoveContainerRequest { container_id: id })
-                .await
-                .unwrap();
+            stop_and_remove(&mut rt, &id, 0).await;
         }
         remove_pod(&mut rt, &env, &pod, Duration::from_secs(20)).await;
         // The pod's files went with it.
@@ -383,15 +374,7 @@ fn a_pauseless_pod_survives_a_containerd_restart() {
             assert_eq!(String::from_utf8_lossy(&out.stdout), "alive\n");
         }
         for id in [a.clone(), b] {
-            rt.stop_container(StopContainerRequest {
-                container_id: id.clone(),
-                timeout: 0,
-            })
-            .await
-            .unwrap();
-            rt.remove_container(RemoveContainerRequest { container_id: id })
-                .await
-                .unwrap();
+            stop_and_remove(&mut rt, &id, 0).await;
         }
         remove_pod(&mut rt, &env, &pod, Duration::from_secs(20)).await;
     });

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::sandbox_api::*;
 use wedge::sandbox::holder::{command, parse_reply, HolderSpec};
-use wedge::ttrpc::{Client, ClientError};
+use wedge::ttrpc::ClientError;
 
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-wedge-v2"))
@@ -212,23 +212,7 @@ fn sandbox_call<Req: Message, Resp: Message>(
     method: &str,
     req: &Req,
 ) -> Result<Resp, ClientError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = Client::connect(addr).await?;
-        let out = c
-            .call(
-                wedge::sandbox::service::SERVICE,
-                method,
-                req.write_to_bytes().unwrap(),
-                &[],
-                Duration::from_secs(10),
-            )
-            .await?;
-        Ok(Resp::parse_from_bytes(&out).unwrap())
-    })
+    common::ttrpc_call_on(addr, &[wedge::sandbox::service::SERVICE], method, req)
 }
 
 /// A pod's config as CRI sends it (`runtime.v1.PodSandboxConfig`, wire

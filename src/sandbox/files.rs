@@ -9,7 +9,6 @@
 //! link points into `<root>/…` the same way) gives containerd's state and
 //! root, under which CRI keeps `io.containerd.grpc.v1.cri/sandboxes/<id>/`.
 
-use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -65,19 +64,19 @@ impl PodFiles {
         } else {
             pod.hostname.clone()
         };
-        write_file(
-            &self.root_dir.join("hostname"),
+        std::fs::write(
+            self.root_dir.join("hostname"),
             format!("{hostname}\n").as_bytes(),
         )?;
-        write_file(
-            &self.root_dir.join("hosts"),
-            &std::fs::read("/etc/hosts").unwrap_or_default(),
+        std::fs::write(
+            self.root_dir.join("hosts"),
+            std::fs::read("/etc/hosts").unwrap_or_default(),
         )?;
         let resolv = match &pod.dns {
             Some(dns) if !dns.servers.is_empty() || !dns.searches.is_empty() => resolv_conf(dns),
             _ => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
         };
-        write_file(&self.root_dir.join("resolv.conf"), &resolv)?;
+        std::fs::write(self.root_dir.join("resolv.conf"), &resolv)?;
         if pod.ipc != Mode::Node {
             let shm = self.shm();
             std::fs::DirBuilder::new()
@@ -110,15 +109,6 @@ impl PodFiles {
         let _ = std::fs::remove_dir_all(&self.root_dir);
         let _ = std::fs::remove_dir(&self.state_dir);
     }
-}
-
-fn write_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(path)?;
-    f.write_all(data)
 }
 
 /// `resolv.conf` from the pod's DNS, as CRI writes it.

@@ -808,9 +808,26 @@ fn remove_empty_cgroups(d: &Path) {
     let _ = std::fs::remove_dir(d);
 }
 
-/// Calls a Task API method on the shim at `addr` (10 s timeout).
+/// Calls a Task API method on the shim at `addr` (10 s timeout). Wedge
+/// serves both names; a Go shim of containerd 2.x only v3.
 pub fn ttrpc_call<Req: Message, Resp: Message>(
     addr: &str,
+    method: &str,
+    req: &Req,
+) -> Result<Resp, ClientError> {
+    ttrpc_call_on(
+        addr,
+        &["containerd.task.v2.Task", "containerd.task.v3.Task"],
+        method,
+        req,
+    )
+}
+
+/// Calls `method` of the first of `services` the shim at `addr` has (10 s
+/// timeout).
+pub fn ttrpc_call_on<Req: Message, Resp: Message>(
+    addr: &str,
+    services: &[&str],
     method: &str,
     req: &Req,
 ) -> Result<Resp, ClientError> {
@@ -822,24 +839,21 @@ pub fn ttrpc_call<Req: Message, Resp: Message>(
         let mut c = Client::connect(addr).await?;
         let payload = req.write_to_bytes().unwrap();
         let timeout = Duration::from_secs(10);
-        let mut out = c
-            .call(
-                "containerd.task.v2.Task",
-                method,
-                payload.clone(),
-                &[],
-                timeout,
-            )
-            .await;
-        // Wedge serves both names; a Go shim of containerd 2.x only v3.
-        if let Err(ClientError::Status {
+        let mut out = Err(ClientError::Status {
             code: containerd_shim_protos::ttrpc::Code::UNIMPLEMENTED,
-            ..
-        }) = out
-        {
-            out = c
-                .call("containerd.task.v3.Task", method, payload, &[], timeout)
-                .await;
+            message: "no service".into(),
+        });
+        for service in services {
+            out = c.call(service, method, payload.clone(), &[], timeout).await;
+            if !matches!(
+                out,
+                Err(ClientError::Status {
+                    code: containerd_shim_protos::ttrpc::Code::UNIMPLEMENTED,
+                    ..
+                })
+            ) {
+                break;
+            }
         }
         Ok(Resp::parse_from_bytes(&out?).unwrap())
     })
