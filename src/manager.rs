@@ -581,6 +581,7 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         if let Some(files) = crate::sandbox::files::PodFiles::locate(&dir, &flags.id) {
             files.remove();
         }
+        crate::sandbox::cgroup::remove_listed(&dir);
     }
     // The container's own exit when the shim recorded one; otherwise it was
     // still running and `delete --force` just killed it.

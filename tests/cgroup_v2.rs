@@ -640,3 +640,97 @@ fn cri_pods_with_the_systemd_cgroup_driver() {
     drop(units);
     let _ = std::fs::remove_dir("/run/containerd/runc/k8s.io");
 }
+
+/// A pod without a pause container (the Sandbox service) with each driver:
+/// its holder in `<parent>/<sandbox id>` (cgroupfs) or in systemd's
+/// transient scope `cri-containerd-<id>.scope` in the pod's slice (the
+/// shim asks systemd over D-Bus, as runc does); SandboxMetrics reads it;
+/// StopSandbox leaves neither behind.
+#[test]
+fn pod_holders_live_in_the_pods_cgroup_with_either_driver() {
+    use containerd_shim_protos::protobuf::Message as _;
+    use containerd_shim_protos::sandbox_api::*;
+    require_v2();
+    let env = Env::start(Install::Wedge);
+    env.sleeper("anchor");
+    let addr = env.shim_address("anchor");
+    let slice = format!("wedgetest-pod{}.slice", std::process::id());
+    let _units = Units(vec![slice.clone(), "wedgetest.slice".into()]);
+    let cgroupfs_parent = format!("/wedge-test-{}", std::process::id());
+    let cases = [
+        (
+            "pod-sd",
+            slice.clone(),
+            Path::new(ROOT)
+                .join("wedgetest.slice")
+                .join(&slice)
+                .join("cri-containerd-pod-sd.scope"),
+        ),
+        (
+            "pod-fs",
+            cgroupfs_parent.clone(),
+            Path::new(ROOT).join(&cgroupfs_parent[1..]).join("pod-fs"),
+        ),
+    ];
+    for (id, parent, dir) in &cases {
+        let bundle = tempfile::tempdir().unwrap();
+        let _: CreateSandboxResponse = sandbox_call(
+            &addr,
+            "CreateSandbox",
+            &CreateSandboxRequest {
+                sandbox_id: id.to_string(),
+                bundle_path: bundle.path().display().to_string(),
+                // A host-network pod: no netns to pin.
+                options: MessageField::some(pod_options("h", &[8, 2], parent)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let started: StartSandboxResponse = sandbox_call(
+            &addr,
+            "StartSandbox",
+            &StartSandboxRequest {
+                sandbox_id: id.to_string(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(cgroup_of(started.pid), *dir, "{id}");
+        let metrics: SandboxMetricsResponse = sandbox_call(
+            &addr,
+            "SandboxMetrics",
+            &SandboxMetricsRequest {
+                sandbox_id: id.to_string(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let data = metrics.metrics.data.clone().unwrap();
+        assert_eq!(data.type_url, "io.containerd.cgroups.v2.Metrics");
+        let m = containerd_shim_protos::cgroups_v2::metrics::Metrics::parse_from_bytes(&data.value)
+            .unwrap();
+        assert_eq!(m.pids.current, 1, "{id}: the holder alone");
+        let _: StopSandboxResponse = sandbox_call(
+            &addr,
+            "StopSandbox",
+            &StopSandboxRequest {
+                sandbox_id: id.to_string(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        wait_gone(dir);
+        let _: ShutdownSandboxResponse = sandbox_call(
+            &addr,
+            "ShutdownSandbox",
+            &ShutdownSandboxRequest {
+                sandbox_id: id.to_string(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    let _ = std::fs::remove_dir(Path::new(ROOT).join(&cgroupfs_parent[1..]));
+    env.finish("anchor");
+    env.assert_clean();
+}

@@ -106,6 +106,11 @@ fn bench_pod_start_to_first_container_running() {
         .unwrap_or(15);
     let handlers = ["pauseless", "wedge", "goshim"];
     let mut took: Vec<Vec<f64>> = vec![Vec::new(); handlers.len()];
+    // What a pod costs beside its container: memory (PSS, KiB) of its
+    // processes but the container's, and mounts the pod added.
+    let mut pss: Vec<Vec<u64>> = vec![Vec::new(); handlers.len()];
+    let mut mounts: Vec<Vec<usize>> = vec![Vec::new(); handlers.len()];
+    let mut procs: Vec<usize> = vec![0; handlers.len()];
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -115,6 +120,7 @@ fn bench_pod_start_to_first_container_running() {
         for round in 0..rounds + 1 {
             for (i, h) in handlers.iter().enumerate() {
                 let name = format!("b{round}-{h}");
+                let mounts_before = mount_count();
                 let t = std::time::Instant::now();
                 let (pod, cfg) = start_pod(&mut rt, &env, &name, h).await;
                 let id = start_container(&mut rt, &pod, &cfg, "c", "sleep 600").await;
@@ -122,6 +128,10 @@ fn bench_pod_start_to_first_container_running() {
                 // The first round warms the caches up.
                 if round > 0 {
                     took[i].push(ms);
+                    let (kib, n) = pod_overhead(&env);
+                    pss[i].push(kib);
+                    procs[i] = n;
+                    mounts[i].push(mount_count() - mounts_before);
                 }
                 stop_and_remove(&mut rt, &id, 0).await;
                 remove_pod(&mut rt, &env, &pod, Duration::from_secs(20)).await;
@@ -143,7 +153,58 @@ fn bench_pod_start_to_first_container_running() {
         m[0] / m[1],
         m[0] / m[2]
     );
+    for (i, h) in handlers.iter().enumerate() {
+        pss[i].sort_unstable();
+        mounts[i].sort_unstable();
+        eprintln!(
+            "{h}: per pod beside its container, medians: {} KiB PSS in {} processes \
+             (shim and holder or pause), {} mounts",
+            pss[i][pss[i].len() / 2],
+            procs[i],
+            mounts[i][mounts[i].len() / 2]
+        );
+    }
     env.assert_clean();
+}
+
+/// Mounts in this mount namespace (the host's).
+fn mount_count() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count()
+}
+
+/// The PSS (KiB) of the pod's processes but its container's `sleep 600`:
+/// the shim and its children (the holder, or the pause container's
+/// process); and how many they are. One pod runs at a time.
+fn pod_overhead(env: &Env) -> (u64, usize) {
+    let shims = cri_common::shims_in_k8s_ns(env);
+    let children: Vec<u32> = processes()
+        .into_iter()
+        .filter(|(p, cmd)| {
+            let ppid = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok());
+            ppid.is_some_and(|pp: u32| shims.contains(&pp)) && !cmd.contains("sleep 600")
+        })
+        .map(|(p, _)| p)
+        .collect();
+    let all: Vec<u32> = shims.iter().chain(&children).copied().collect();
+    let kib = all
+        .iter()
+        .filter_map(|p| {
+            let r = std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok()?;
+            r.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    (kib, all.len())
 }
 
 /// A CNI plugin for the tests: an `eth0` that is one end of a veth pair
@@ -234,6 +295,7 @@ fn two_containers_share_a_pauseless_pods_namespaces() {
         };
         let a = start_container(&mut rt, &pod, &cfg, "a", "sleep 600").await;
         let b = start_container(&mut rt, &pod, &cfg, "b", "sleep 600").await;
+        let mut cri = rt.clone();
         let exec = |id: String, cmd: &'static str| {
             let mut rt = rt.clone();
             async move {
@@ -284,6 +346,65 @@ fn two_containers_share_a_pauseless_pods_namespaces() {
                 "{shm}"
             );
         }
+        // The holder (pid 1 here) lives in the pod's cgroup, as pause would:
+        // `<cgroup parent>/<pod id>` (cgroupfs driver).
+        let holder_cg = exec(a.clone(), "grep ':memory:' /proc/1/cgroup").await;
+        assert!(
+            holder_cg.ends_with(&format!(":/{}-cri/pl-own/{pod}", env.ns)),
+            "{holder_cg}"
+        );
+        // A container's output reaches its CRI log whole and in order.
+        let c = start_container(&mut cri, &pod, &cfg, "c", "seq 1 20000").await;
+        let log = std::path::Path::new(&cfg.log_directory).join("c.log");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let numbers = loop {
+            let st = container_status(&mut cri, &c).await;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let numbers: Vec<String> = text
+                .lines()
+                .filter_map(|l| Some(l.splitn(4, ' ').nth(3)?.to_string()))
+                .collect();
+            if st.state == ContainerState::ContainerExited as i32 && numbers.len() >= 20000 {
+                assert_eq!(st.exit_code, 0);
+                break numbers;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} lines logged",
+                numbers.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let expected: Vec<String> = (1..=20000).map(|n| n.to_string()).collect();
+        assert!(numbers == expected, "the log is not 1..20000 in order");
+        stop_and_remove(&mut cri, &c, 0).await;
+        // Stats through CRI: the container's (its cgroup) and the pod's
+        // (CRI reads the cgroup parent).
+        let stats = cri
+            .container_stats(ContainerStatsRequest {
+                container_id: a.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+        let pod_stats = cri
+            .pod_sandbox_stats(PodSandboxStatsRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        let linux = pod_stats.linux.unwrap();
+        assert!(
+            linux.memory.unwrap().working_set_bytes.unwrap().value > 0,
+            "the pod's memory"
+        );
+        assert_eq!(linux.containers.len(), 2, "a and b");
         exec(a.clone(), "echo shared > /dev/shm/x").await;
         assert_eq!(exec(b.clone(), "cat /dev/shm/x").await, "shared");
         // Each sees the other's processes.

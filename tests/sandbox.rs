@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{pod_options, sandbox_call};
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::sandbox_api::*;
 use wedge::sandbox::holder::{command, parse_reply, HolderSpec};
@@ -206,30 +207,6 @@ fn a_holder_that_cannot_set_up_says_why() {
     assert!(err.contains("not a sysctl name"), "{err}");
 }
 
-/// One Sandbox call on the shim at `addr`.
-fn sandbox_call<Req: Message, Resp: Message>(
-    addr: &str,
-    method: &str,
-    req: &Req,
-) -> Result<Resp, ClientError> {
-    common::ttrpc_call_on(addr, &[wedge::sandbox::service::SERVICE], method, req)
-}
-
-/// A pod's config as CRI sends it (`runtime.v1.PodSandboxConfig`, wire
-/// form): hostname, and the namespace options given.
-fn pod_options(
-    hostname: &str,
-    namespace_options: &[u8],
-) -> containerd_shim_protos::protobuf::well_known_types::any::Any {
-    let field = |n: u8, b: &[u8]| [&[(n << 3) | 2, b.len() as u8][..], b].concat();
-    let linux = field(2, &field(1, namespace_options));
-    containerd_shim_protos::protobuf::well_known_types::any::Any {
-        type_url: "runtime.v1.PodSandboxConfig".into(),
-        value: [field(2, hostname.as_bytes()), field(8, &linux)].concat(),
-        ..Default::default()
-    }
-}
-
 /// The Sandbox service of a running shim (containerd 1.6 started it for a
 /// container): a pod created and started (its holder in the pod's netns,
 /// with its hostname), READY with the holder's pid, Platform, Connect with
@@ -252,7 +229,7 @@ fn the_shims_sandbox_service_holds_a_pod_from_create_to_shutdown() {
             sandbox_id: id.into(),
             bundle_path: dir.path().display().to_string(),
             netns_path: netns.0.display().to_string(),
-            options: MessageField::some(pod_options("pod-one", &[])),
+            options: MessageField::some(pod_options("pod-one", &[], "")),
             ..Default::default()
         },
     )
@@ -415,7 +392,7 @@ fn the_shims_sandbox_service_holds_a_pod_from_create_to_shutdown() {
             sandbox_id: "pod2".into(),
             netns_path: netns.0.display().to_string(),
             // NamespaceOption.userns_options (5) with mode POD (0).
-            options: MessageField::some(pod_options("pod-two", &[(5 << 3) | 2, 2, 1 << 3, 0])),
+            options: MessageField::some(pod_options("pod-two", &[(5 << 3) | 2, 2, 1 << 3, 0], "")),
             ..Default::default()
         },
     );
@@ -434,5 +411,159 @@ fn the_shims_sandbox_service_holds_a_pod_from_create_to_shutdown() {
         containerd_shim_protos::types::task::Status::RUNNING
     );
     env.finish("anchor");
+    env.assert_clean();
+}
+
+/// A pod's cgroup parent's directories in every mounted hierarchy, removed
+/// (deepest first) when dropped.
+struct ParentCgroup(Vec<PathBuf>);
+
+impl ParentCgroup {
+    fn new(parent: &str) -> ParentCgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mut dirs = Vec::new();
+        for line in mountinfo.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let sep = f.iter().position(|x| *x == "-").unwrap();
+            if f[3] == "/" && (f[sep + 1] == "cgroup" || f[sep + 1] == "cgroup2") {
+                dirs.push(Path::new(f[4]).join(parent.trim_start_matches('/')));
+            }
+        }
+        ParentCgroup(dirs)
+    }
+}
+
+impl Drop for ParentCgroup {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir(d);
+            let _ = std::fs::remove_dir(d.parent().unwrap());
+        }
+    }
+}
+
+/// The holder of a pod with a cgroup parent (cgroupfs driver) lives in
+/// `<parent>/<sandbox id>` in every hierarchy, as a pause container would
+/// (a new cpuset directory given its parent's cpus, or joining it fails);
+/// SandboxMetrics reads that cgroup; StopSandbox removes it. A shim
+/// SIGKILLed with a pod running: `shim delete` of the sandbox kills the
+/// holder and removes its cgroup and files.
+#[test]
+fn a_pods_holder_lives_in_the_pods_cgroup_until_the_pod_or_its_shim_goes() {
+    let env = common::Env::start(common::Install::Wedge);
+    env.sleeper("anchor");
+    let addr = env.shim_address("anchor");
+    let parent = format!("/wedge-test-{}/pod-x", std::process::id());
+    let parents = ParentCgroup::new(&parent);
+    let dir = tempfile::tempdir().unwrap();
+    let netns = PinnedNetns::new(dir.path());
+    let start_pod = |id: &str| -> u32 {
+        let bundle = dir.path().join(id);
+        std::fs::create_dir_all(&bundle).unwrap();
+        let _: CreateSandboxResponse = sandbox_call(
+            &addr,
+            "CreateSandbox",
+            &CreateSandboxRequest {
+                sandbox_id: id.into(),
+                bundle_path: bundle.display().to_string(),
+                netns_path: netns.0.display().to_string(),
+                options: MessageField::some(pod_options("pod-x", &[], &parent)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let started: StartSandboxResponse = sandbox_call(
+            &addr,
+            "StartSandbox",
+            &StartSandboxRequest {
+                sandbox_id: id.into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        started.pid
+    };
+    let own_dirs = |id: &str| -> Vec<PathBuf> { parents.0.iter().map(|d| d.join(id)).collect() };
+    let pid = start_pod("pod-a");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let wanted = format!("{parent}/pod-a");
+    for hierarchy in ["memory", "cpuset", "name=systemd"] {
+        assert!(
+            cgroups.lines().any(|l| l
+                .split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|x| x == hierarchy))
+                && l.ends_with(&format!(":{wanted}"))),
+            "{hierarchy} not {wanted}: {cgroups}"
+        );
+    }
+    assert!(own_dirs("pod-a").iter().all(|d| d.is_dir()));
+    let metrics: SandboxMetricsResponse = sandbox_call(
+        &addr,
+        "SandboxMetrics",
+        &SandboxMetricsRequest {
+            sandbox_id: "pod-a".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(metrics.metrics.id, "pod-a");
+    let data = metrics.metrics.data.clone().unwrap();
+    assert_eq!(data.type_url, "io.containerd.cgroups.v1.Metrics");
+    let m =
+        containerd_shim_protos::cgroups::metrics::Metrics::parse_from_bytes(&data.value).unwrap();
+    assert_eq!(m.pids.current, 1, "the holder alone: {m:?}");
+    assert!(m.memory.usage.usage > 0, "{m:?}");
+    let _: StopSandboxResponse = sandbox_call(
+        &addr,
+        "StopSandbox",
+        &StopSandboxRequest {
+            sandbox_id: "pod-a".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for d in own_dirs("pod-a") {
+        assert!(!d.exists(), "{} left after StopSandbox", d.display());
+    }
+    // The shim killed with a pod running; containerd would run `shim
+    // delete` in the sandbox's bundle.
+    let pid = start_pod("pod-b");
+    assert!(own_dirs("pod-b").iter().all(|d| d.is_dir()));
+    let shim = env.shim_pid("anchor").unwrap();
+    let _ = Command::new("kill")
+        .args(["-9", &shim.to_string()])
+        .status();
+    let bundle = dir.path().join("pod-b");
+    let out = Command::new(binary())
+        .args([
+            "-namespace",
+            &env.ns,
+            "-address",
+            "/nonexistent.sock",
+            "-id",
+            "pod-b",
+            "-bundle",
+        ])
+        .arg(&bundle)
+        .arg("delete")
+        .current_dir(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(Instant::now() < deadline, "holder {pid} still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for d in own_dirs("pod-b") {
+        assert!(!d.exists(), "{} left after shim delete", d.display());
+    }
+    assert!(!bundle.join("holder.cgroups").exists());
+    drop(parents);
     env.assert_clean();
 }

@@ -12,6 +12,7 @@
 pub mod kept;
 pub mod kill;
 pub mod oom;
+pub mod systemd;
 pub mod v1;
 pub mod v2;
 

@@ -21,6 +21,7 @@ use containerd_shim_protos::ttrpc::{Code, Status};
 use containerd_shim_protos::types::platform::Platform;
 use tokio::sync::watch;
 
+use super::cgroup::{self, Placement};
 use super::files::PodFiles;
 use super::holder::{self, HolderSpec};
 use super::pod_config::{Mode, PodConfig, TYPE_URL};
@@ -70,6 +71,8 @@ pub struct Sandbox {
     bundle: PathBuf,
     spec: HolderSpec,
     pod: PodConfig,
+    /// The holder's cgroup (the pod's).
+    cgroup: Placement,
     /// Where CRI looks for the pod's hostname, hosts, resolv.conf and shm.
     files: Option<PodFiles>,
     state: Mutex<State>,
@@ -206,6 +209,7 @@ impl TaskService {
             "SandboxStatus" => encode(self.sandbox_status(decode(payload)?)),
             "PingSandbox" => encode(self.ping_sandbox(decode(payload)?)),
             "ShutdownSandbox" => encode(self.shutdown_sandbox(decode(payload)?)),
+            "SandboxMetrics" => encode(self.sandbox_metrics(decode(payload)?)),
             other => Err(crate::ttrpc::status(
                 Code::UNIMPLEMENTED,
                 format!("{SERVICE}/{other} is not implemented"),
@@ -230,6 +234,9 @@ impl TaskService {
             _ => PodConfig::decode(&[]).unwrap_or_default(),
         };
         let spec = holder_spec(&config, &req.netns_path)?;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let cgroup = Placement::plan(&config.cgroup_parent, &req.sandbox_id, &mountinfo)
+            .map_err(Error::InvalidArgument)?;
         let mut all = lock(&self.sandboxes.0);
         if all.contains_key(&req.sandbox_id) || lock(&self.containers).contains_key(&req.sandbox_id)
         {
@@ -247,6 +254,7 @@ impl TaskService {
                 files: PodFiles::locate(std::path::Path::new(&req.bundle_path), &req.sandbox_id),
                 spec,
                 pod: config.clone(),
+                cgroup,
                 state: Mutex::new(State::Created {
                     at: SystemTime::now(),
                 }),
@@ -306,7 +314,26 @@ impl TaskService {
     /// shim's child, the holder its grandchild, reparented to the shim) and
     /// watches for its exit.
     async fn spawn_holder(&self, sb: &Arc<Sandbox>) -> Result<u32, Error> {
-        let mut cmd = holder::command(std::path::Path::new("/proc/self/exe"), &sb.spec);
+        let mut spec = sb.spec.clone();
+        spec.cgroup_procs = sb
+            .cgroup
+            .prepare()
+            .map_err(|e| Error::Unknown(format!("the pod's cgroup: {e}")))?;
+        if let (Placement::Dirs(dirs), false) = (&sb.cgroup, sb.bundle.as_os_str().is_empty()) {
+            let list: String = dirs.iter().map(|d| format!("{}\n", d.display())).collect();
+            let _ = std::fs::write(sb.bundle.join(cgroup::DIRS_FILE), list);
+        }
+        match self.spawn_holder_in(sb, &spec).await {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                sb.cgroup.remove().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn_holder_in(&self, sb: &Arc<Sandbox>, spec: &HolderSpec) -> Result<u32, Error> {
+        let mut cmd = holder::command(std::path::Path::new("/proc/self/exe"), spec);
         crate::sys::kill_on_parent_death(&mut cmd);
         // Subscribed before anything can exit: the holder's exit too.
         let mut exits = self.reaper.subscribe();
@@ -337,9 +364,18 @@ impl TaskService {
         if !said.is_empty() {
             crate::warn!("sandbox {}: {said}", sb.id);
         }
+        if let Err(e) = sb.cgroup.attach(pid).await {
+            let _ = crate::sys::send_signal(pid as i32, libc::SIGKILL);
+            let _ = tokio::time::timeout(STOP_BOUND, holder_exits.wait_for(pid as i32)).await;
+            return Err(Error::Unknown(format!("the pod's cgroup: {e}")));
+        }
         let sb = sb.clone();
         tokio::spawn(async move {
             let e = holder_exits.wait_for(pid as i32).await;
+            sb.cgroup.remove().await;
+            if !sb.bundle.as_os_str().is_empty() {
+                let _ = std::fs::remove_file(sb.bundle.join(cgroup::DIRS_FILE));
+            }
             {
                 let mut st = lock(&sb.state);
                 if let State::Running { at, .. } = *st {
@@ -429,6 +465,32 @@ impl TaskService {
                 .unwrap_or_default(),
             ..Default::default()
         })
+    }
+
+    /// The statistics of the pod's cgroup, where the holder lives (none
+    /// for a pod without a cgroup parent: the holder is in the shim's).
+    fn sandbox_metrics(&self, req: SandboxMetricsRequest) -> Result<SandboxMetricsResponse, Error> {
+        let sb = self.sandboxes.get(&req.sandbox_id)?;
+        if sb.cgroup == Placement::Shim {
+            return Err(Error::NotFound(format!(
+                "sandbox {}: the pod has no cgroup parent, so no cgroup of its own",
+                sb.id
+            )));
+        }
+        let pid = sb
+            .running_pid()
+            .ok_or_else(|| Error::NotFound(format!("sandbox {} is not running", sb.id)))?;
+        let data = crate::cgroup::Cgroup::for_pid(pid)
+            .and_then(|c| c.stat_files())
+            .and_then(|mut f| f.read())
+            .map_err(|e| Error::NotFound(format!("sandbox {}: its cgroup: {e}", sb.id)))?;
+        let mut resp = SandboxMetricsResponse::new();
+        // (The crate does not export the Metric type by name.)
+        let m = resp.metrics.mut_or_insert_default();
+        m.timestamp = MessageField::some(timestamp(SystemTime::now()));
+        m.id = sb.id.clone();
+        m.data = MessageField::some(data);
+        Ok(resp)
     }
 
     fn ping_sandbox(&self, req: PingRequest) -> Result<PingResponse, Error> {

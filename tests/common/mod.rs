@@ -1078,3 +1078,32 @@ pub fn in_terminal(cmdline: &str) -> Output {
         .output()
         .unwrap()
 }
+
+/// One Sandbox call on the shim at `addr`.
+pub fn sandbox_call<Req: Message, Resp: Message>(
+    addr: &str,
+    method: &str,
+    req: &Req,
+) -> Result<Resp, ClientError> {
+    ttrpc_call_on(addr, &[wedge::sandbox::service::SERVICE], method, req)
+}
+
+/// A pod's config as CRI sends it (`runtime.v1.PodSandboxConfig`, wire
+/// form): hostname, the namespace options given, and a cgroup parent.
+pub fn pod_options(
+    hostname: &str,
+    namespace_options: &[u8],
+    cgroup_parent: &str,
+) -> containerd_shim_protos::protobuf::well_known_types::any::Any {
+    let field = |n: u8, b: &[u8]| [&[(n << 3) | 2, b.len() as u8][..], b].concat();
+    let linux = [
+        field(1, cgroup_parent.as_bytes()),
+        field(2, &field(1, namespace_options)),
+    ]
+    .concat();
+    containerd_shim_protos::protobuf::well_known_types::any::Any {
+        type_url: "runtime.v1.PodSandboxConfig".into(),
+        value: [field(2, hostname.as_bytes()), field(8, &linux)].concat(),
+        ..Default::default()
+    }
+}
