@@ -501,3 +501,81 @@ fn a_pauseless_pod_survives_a_containerd_restart() {
     });
     env.assert_clean();
 }
+
+/// The pod's shim is SIGKILLed with a container running: containerd
+/// cleans up after it (`shim delete` of the container and of the sandbox:
+/// the holder killed, its cgroup and the pod's files removed), CRI reports
+/// the container exited and the pod not ready, and stopping and removing
+/// the pod leaves nothing.
+#[test]
+fn a_pauseless_pods_killed_shim_leaves_nothing_behind() {
+    let env = Env::start_custom(Install::Wedge, true, PAUSELESS);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut rt = connect(&env.address).await;
+        let (pod, cfg) = start_pod(&mut rt, &env, "pl-kill", "pauseless").await;
+        let id = start_container(&mut rt, &pod, &cfg, "c", "sleep 600").await;
+        let holders = || {
+            processes()
+                .iter()
+                .filter(|(p, _)| {
+                    std::fs::read(format!("/proc/{p}/environ"))
+                        .is_ok_and(|e| e.windows(17).any(|w| w == b"WEDGE_POD_HOLDER="))
+                })
+                .count()
+        };
+        assert_eq!(holders(), 1);
+        let holder_cgroup = std::path::Path::new("/sys/fs/cgroup/memory")
+            .join(format!("{}-cri/pl-kill/{pod}", env.ns));
+        assert!(holder_cgroup.is_dir(), "{}", holder_cgroup.display());
+        let shims = shims_in_k8s_ns(&env);
+        assert_eq!(shims.len(), 1, "one shim for the pod");
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &shims[0].to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let c = container_status(&mut rt, &id).await;
+            let p = rt
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: false,
+                })
+                .await
+                .map(|r| r.into_inner().status.unwrap().state);
+            // Right after the kill CRI may still ask the dead shim (an error).
+            if c.state == ContainerState::ContainerExited as i32
+                && p.as_ref().ok() == Some(&(PodSandboxState::SandboxNotready as i32))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "container {:?}, pod {:?}",
+                c.state,
+                p
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while holders() > 0 || holder_cgroup.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "holder {} left, cgroup {}",
+                holders(),
+                holder_cgroup.exists()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rt.remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        remove_pod(&mut rt, &env, &pod, Duration::from_secs(20)).await;
+    });
+    env.assert_clean();
+}

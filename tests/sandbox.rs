@@ -254,17 +254,53 @@ fn the_shims_sandbox_service_holds_a_pod_from_create_to_shutdown() {
         ),
         "{again:?}"
     );
-    let started: StartSandboxResponse = sandbox_call(
-        &addr,
-        "StartSandbox",
-        &StartSandboxRequest {
-            sandbox_id: id.into(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    // Two StartSandbox at once: one starts the holder, the other is refused.
+    let starts: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                sandbox_call::<_, StartSandboxResponse>(
+                    &addr,
+                    "StartSandbox",
+                    &StartSandboxRequest {
+                        sandbox_id: id.into(),
+                        ..Default::default()
+                    },
+                )
+            })
+        })
+        .collect();
+    let (mut started, mut refused) = (Vec::new(), Vec::new());
+    for t in starts {
+        match t.join().unwrap() {
+            Ok(r) => started.push(r),
+            Err(e) => refused.push(e),
+        }
+    }
+    assert_eq!(started.len(), 1, "{refused:?}");
+    assert!(
+        matches!(
+            refused.as_slice(),
+            [ClientError::Status {
+                code: Code::FAILED_PRECONDITION,
+                ..
+            }]
+        ),
+        "{refused:?}"
+    );
+    let started = started.remove(0);
     let pid = started.pid;
     assert!(pid > 0);
+    let holders = common::processes()
+        .iter()
+        .filter(|(p, _)| {
+            std::fs::read(format!("/proc/{p}/environ"))
+                .is_ok_and(|e| e.windows(17).any(|w| w == b"WEDGE_POD_HOLDER="))
+                && std::fs::metadata(format!("/proc/{p}/ns/net"))
+                    .is_ok_and(|m| m.ino() == ns(&netns.0))
+        })
+        .count();
+    assert_eq!(holders, 1, "one holder in the pod's netns");
     assert_eq!(ns(format!("/proc/{pid}/ns/net")), ns(&netns.0));
     assert_eq!(inside(pid, &["-u"], &["hostname"]), "pod-one");
     let spec: serde_json::Value = serde_json::from_slice(&started.spec.value).unwrap();

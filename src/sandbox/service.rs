@@ -83,9 +83,21 @@ pub struct Sandbox {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    Created { at: SystemTime },
-    Running { pid: u32, at: SystemTime },
-    Stopped { pid: u32, at: SystemTime },
+    Created {
+        at: SystemTime,
+    },
+    /// StartSandbox is on it (a second one is refused meanwhile).
+    Starting {
+        at: SystemTime,
+    },
+    Running {
+        pid: u32,
+        at: SystemTime,
+    },
+    Stopped {
+        pid: u32,
+        at: SystemTime,
+    },
 }
 
 impl Sandbox {
@@ -98,7 +110,10 @@ impl Sandbox {
 
     fn created_at(&self) -> SystemTime {
         match *lock(&self.state) {
-            State::Created { at } | State::Running { at, .. } | State::Stopped { at, .. } => at,
+            State::Created { at }
+            | State::Starting { at }
+            | State::Running { at, .. }
+            | State::Stopped { at, .. } => at,
         }
     }
 
@@ -272,12 +287,36 @@ impl TaskService {
 
     async fn start_sandbox(&self, req: StartSandboxRequest) -> Result<StartSandboxResponse, Error> {
         let sb = self.sandboxes.get(&req.sandbox_id)?;
-        if !matches!(*lock(&sb.state), State::Created { .. }) {
-            return Err(Error::FailedPrecondition(format!(
-                "sandbox {} was started already",
-                sb.id
-            )));
+        let created = {
+            let mut st = lock(&sb.state);
+            match *st {
+                State::Created { at } => {
+                    *st = State::Starting { at };
+                    at
+                }
+                State::Starting { .. } => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "sandbox {} is being started",
+                        sb.id
+                    )))
+                }
+                _ => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "sandbox {} was started already",
+                        sb.id
+                    )))
+                }
+            }
+        };
+        let started = self.start_holder(&sb).await;
+        if started.is_err() {
+            *lock(&sb.state) = State::Created { at: created };
         }
+        started
+    }
+
+    /// StartSandbox once the sandbox is marked Starting.
+    async fn start_holder(&self, sb: &Arc<Sandbox>) -> Result<StartSandboxResponse, Error> {
         if let Some(files) = &sb.files {
             files.write(&sb.pod).map_err(|e| {
                 files.remove();
@@ -287,7 +326,7 @@ impl TaskService {
                 ))
             })?;
         }
-        let pid = match self.spawn_holder(&sb).await {
+        let pid = match self.spawn_holder(sb).await {
             Ok(pid) => pid,
             Err(e) => {
                 if let Some(files) = &sb.files {
@@ -297,7 +336,13 @@ impl TaskService {
             }
         };
         let at = SystemTime::now();
-        *lock(&sb.state) = State::Running { pid, at };
+        {
+            // Unless the holder is gone already (its watcher said so).
+            let mut st = lock(&sb.state);
+            if let State::Starting { .. } = *st {
+                *st = State::Running { pid, at };
+            }
+        }
         if !sb.bundle.as_os_str().is_empty() {
             let _ = std::fs::write(sb.bundle.join(HOLDER_PID_FILE), pid.to_string());
         }
@@ -378,7 +423,7 @@ impl TaskService {
             }
             {
                 let mut st = lock(&sb.state);
-                if let State::Running { at, .. } = *st {
+                if let State::Running { at, .. } | State::Starting { at } = *st {
                     *st = State::Stopped { pid, at };
                 }
             }
@@ -420,6 +465,12 @@ impl TaskService {
                     None
                 }
                 State::Stopped { .. } => None,
+                State::Starting { .. } => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "sandbox {} is being started; stop it once StartSandbox returns",
+                        sb.id
+                    )))
+                }
             }
         };
         if let Some(pid) = pid {
@@ -451,7 +502,7 @@ impl TaskService {
         let st = *lock(&sb.state);
         let (pid, state, exited) = match st {
             State::Running { pid, .. } => (pid, READY, None),
-            State::Created { .. } => (0, NOT_READY, None),
+            State::Created { .. } | State::Starting { .. } => (0, NOT_READY, None),
             State::Stopped { pid, .. } => (pid, NOT_READY, *sb.exited.borrow()),
         };
         Ok(SandboxStatusResponse {
