@@ -337,6 +337,11 @@ fn two_containers_share_a_pauseless_pods_namespaces() {
         for id in [&a, &b] {
             assert_eq!(exec(id.clone(), "cat /etc/hostname").await, "pl-own");
             assert_eq!(
+                exec(id.clone(), "cat /etc/hosts").await,
+                std::fs::read_to_string("/etc/hosts").unwrap().trim(),
+                "the node's hosts"
+            );
+            assert_eq!(
                 exec(id.clone(), "cat /etc/resolv.conf").await,
                 "search default.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5"
             );
