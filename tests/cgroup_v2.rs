@@ -674,27 +674,16 @@ fn pod_holders_live_in_the_pods_cgroup_with_either_driver() {
     ];
     for (id, parent, dir) in &cases {
         let bundle = tempfile::tempdir().unwrap();
-        let _: CreateSandboxResponse = sandbox_call(
+        let started = create_and_start_sandbox(
             &addr,
-            "CreateSandbox",
-            &CreateSandboxRequest {
+            CreateSandboxRequest {
                 sandbox_id: id.to_string(),
                 bundle_path: bundle.path().display().to_string(),
                 // A host-network pod: no netns to pin.
                 options: MessageField::some(pod_options("h", &[8, 2], parent)),
                 ..Default::default()
             },
-        )
-        .unwrap();
-        let started: StartSandboxResponse = sandbox_call(
-            &addr,
-            "StartSandbox",
-            &StartSandboxRequest {
-                sandbox_id: id.to_string(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        );
         assert_eq!(cgroup_of(started.pid), *dir, "{id}");
         let metrics: SandboxMetricsResponse = sandbox_call(
             &addr,

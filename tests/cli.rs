@@ -618,26 +618,7 @@ fn start_answers_bootstrap_params_and_uses_their_socket_dir() {
     }
     assert!(socket.exists());
     std::fs::write(bundle.join("runtime"), "").unwrap();
-    let out = shim()
-        .args([
-            "-namespace",
-            "cli-test",
-            "-address",
-            &grpc,
-            "-id",
-            "bs",
-            "-bundle",
-        ])
-        .arg(&bundle)
-        .arg("delete")
-        .current_dir(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::shim_delete("cli-test", &grpc, "bs", &bundle);
     assert!(!socket.exists(), "the dead shim's socket is left");
     forget_runc_root();
 }

@@ -496,10 +496,9 @@ fn a_pods_holder_lives_in_the_pods_cgroup_until_the_pod_or_its_shim_goes() {
     let start_pod = |id: &str| -> u32 {
         let bundle = dir.path().join(id);
         std::fs::create_dir_all(&bundle).unwrap();
-        let _: CreateSandboxResponse = sandbox_call(
+        common::create_and_start_sandbox(
             &addr,
-            "CreateSandbox",
-            &CreateSandboxRequest {
+            CreateSandboxRequest {
                 sandbox_id: id.into(),
                 bundle_path: bundle.display().to_string(),
                 netns_path: netns.0.display().to_string(),
@@ -507,17 +506,7 @@ fn a_pods_holder_lives_in_the_pods_cgroup_until_the_pod_or_its_shim_goes() {
                 ..Default::default()
             },
         )
-        .unwrap();
-        let started: StartSandboxResponse = sandbox_call(
-            &addr,
-            "StartSandbox",
-            &StartSandboxRequest {
-                sandbox_id: id.into(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        started.pid
+        .pid
     };
     let own_dirs = |id: &str| -> Vec<PathBuf> { parents.0.iter().map(|d| d.join(id)).collect() };
     let pid = start_pod("pod-a");
@@ -571,26 +560,7 @@ fn a_pods_holder_lives_in_the_pods_cgroup_until_the_pod_or_its_shim_goes() {
         .args(["-9", &shim.to_string()])
         .status();
     let bundle = dir.path().join("pod-b");
-    let out = Command::new(binary())
-        .args([
-            "-namespace",
-            &env.ns,
-            "-address",
-            "/nonexistent.sock",
-            "-id",
-            "pod-b",
-            "-bundle",
-        ])
-        .arg(&bundle)
-        .arg("delete")
-        .current_dir(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::shim_delete(&env.ns, "/nonexistent.sock", "pod-b", &bundle);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
         assert!(Instant::now() < deadline, "holder {pid} still runs");

@@ -1107,3 +1107,49 @@ pub fn pod_options(
         ..Default::default()
     }
 }
+
+/// `shim delete` of task `id` in its `bundle`, as containerd runs it after
+/// the shim died; asserts it succeeded.
+pub fn shim_delete(namespace: &str, address: &str, id: &str, bundle: &Path) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_containerd-shim-wedge-v2"))
+        .args([
+            "-namespace",
+            namespace,
+            "-address",
+            address,
+            "-id",
+            id,
+            "-bundle",
+        ])
+        .arg(bundle)
+        .arg("delete")
+        .current_dir(bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shim delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// CreateSandbox (`req`) then StartSandbox of its pod on the shim at
+/// `addr`; StartSandbox's answer (the holder's pid).
+pub fn create_and_start_sandbox(
+    addr: &str,
+    req: containerd_shim_protos::sandbox_api::CreateSandboxRequest,
+) -> containerd_shim_protos::sandbox_api::StartSandboxResponse {
+    use containerd_shim_protos::sandbox_api::*;
+    let id = req.sandbox_id.clone();
+    let _: CreateSandboxResponse = sandbox_call(addr, "CreateSandbox", &req).unwrap();
+    sandbox_call(
+        addr,
+        "StartSandbox",
+        &StartSandboxRequest {
+            sandbox_id: id,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
