@@ -21,6 +21,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -100,11 +101,17 @@ impl Subscriber {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 }
-                let out = std::fs::OpenOptions::new()
+                let mut out = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&l)
                     .unwrap();
+                // When this subscription began (its first event says when
+                // it was live at the latest).
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let _ = writeln!(out, "{SUBSCRIBED} {}", now.as_nanos());
                 if let Ok(mut c) = cmd.stdout(out).stderr(Stdio::null()).spawn() {
                     p.store(c.id(), Ordering::Relaxed);
                     let _ = c.wait();
@@ -152,6 +159,70 @@ impl Subscriber {
         }
         (before, after)
     }
+}
+
+/// The record's line before each (re)subscription: `# subscribed NANOS`.
+const SUBSCRIBED: &str = "# subscribed";
+
+impl Subscriber {
+    /// Each subscription: when it began, and the time of the first event
+    /// it printed (containerd's timestamp), if any.
+    fn subscriptions(&self) -> Vec<(std::time::SystemTime, Option<std::time::SystemTime>)> {
+        let mut v: Vec<(std::time::SystemTime, Option<std::time::SystemTime>)> = Vec::new();
+        for l in std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(n) = l.strip_prefix(SUBSCRIBED) {
+                let ns: u128 = n.trim().parse().unwrap_or(0);
+                v.push((
+                    std::time::UNIX_EPOCH + Duration::from_nanos(ns as u64),
+                    None,
+                ));
+            } else if let Some(last) = v.last_mut() {
+                if last.1.is_none() {
+                    last.1 = event_time(l);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// The time `ctr events` prints first on a line (`2026-12-04
+/// 22:18:03.141296974 +0000 UTC …`).
+fn event_time(line: &str) -> Option<std::time::SystemTime> {
+    let mut f = line.split_whitespace();
+    let (date, time) = (f.next()?, f.next()?);
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let t: Vec<u64> = hms
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if d.len() != 3 || t.len() != 3 {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date.
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let nanos: u64 = format!("{frac:0<9}")[..9].parse().ok()?;
+    Some(
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2])
+            + Duration::from_nanos(nanos),
+    )
 }
 
 impl Drop for Subscriber {
@@ -243,6 +314,8 @@ fn chaos() {
     // When containerd was killed: an exit it took just before dying may
     // never have reached its subscribers.
     let mut kills: Vec<std::time::SystemTime> = Vec::new();
+    // When it served again after each kill.
+    let mut restarts: Vec<std::time::SystemTime> = Vec::new();
     let end = t0 + Duration::from_secs(minutes * 60);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(100 + r.below(300)));
@@ -358,6 +431,7 @@ fn chaos() {
                 }
                 std::thread::sleep(Duration::from_millis(500 + r.below(6000)));
                 env.start_containerd();
+                restarts.push(std::time::SystemTime::now());
             }
             58..=59 if !live.is_empty() => {
                 let id = cs[live[r.below(live.len() as u64) as usize]].id.clone();
@@ -449,6 +523,7 @@ fn chaos() {
     // Events a shim kept while containerd was down are delivered 3 s after it is back.
     std::thread::sleep(Duration::from_secs(10));
     let mut by_code: HashMap<&str, u64> = HashMap::new();
+    let subscriptions = subscriber.subscriptions();
     for c in cs.iter().filter(|c| c.started) {
         let (exits, again) = subscriber.exits(&c.id);
         if !again.is_empty() {
@@ -507,15 +582,36 @@ fn chaos() {
                                     s.exited_at.seconds as u64,
                                     s.exited_at.nanos as u32,
                                 );
-                            let next_kill = kills
-                                .iter()
-                                .filter_map(|k| k.duration_since(at).ok())
-                                .min();
+                            let next_kill =
+                                kills.iter().filter_map(|k| k.duration_since(at).ok()).min();
+                            // Before it: containerd's last kill and
+                            // restart; the record's subscription after
+                            // that restart and its first event.
+                            let before = |v: &[std::time::SystemTime]| {
+                                v.iter().filter_map(|k| at.duration_since(*k).ok()).min()
+                            };
+                            let last_restart = restarts.iter().filter(|r| **r <= at).max();
+                            let resubscribed = last_restart
+                                .and_then(|r| subscriptions.iter().find(|(s, _)| s >= r).copied());
+                            let rel = |t: std::time::SystemTime| {
+                                t.duration_since(at)
+                                    .map(|d| format!("+{d:?}"))
+                                    .unwrap_or_else(|e| format!("-{:?}", e.duration()))
+                            };
                             format!(
-                                "{:?} {}, exited {:?} ago, containerd killed {next_kill:?} after it",
+                                "{:?} {}, exited {:?} ago; containerd killed {:?} before it \
+                                 and {next_kill:?} after it, last restarted {:?} before it; \
+                                 the record resubscribed at {} and saw its first event at {}",
                                 s.status,
                                 s.exit_status,
-                                at.elapsed().unwrap_or_default()
+                                at.elapsed().unwrap_or_default(),
+                                before(&kills),
+                                before(&restarts),
+                                resubscribed.map(|(s, _)| rel(s)).unwrap_or_default(),
+                                resubscribed
+                                    .and_then(|(_, f)| f)
+                                    .map(rel)
+                                    .unwrap_or_default(),
                             )
                         }
                         Err(e) => format!("{e:?}"),
@@ -558,6 +654,24 @@ fn chaos() {
     eprintln!(
         "chaos: {minutes} min, seed {seed:#x}: {n:#?}; {by_code:#?}; upgrades done: {upgraded}"
     );
+    // How long the record was blind after each restart: from containerd
+    // serving again to the record's first event after it.
+    let mut blind: Vec<Duration> = restarts
+        .iter()
+        .filter_map(|r| {
+            let (_, first) = subscriptions.iter().find(|(s, _)| s >= r)?;
+            first.as_ref()?.duration_since(*r).ok()
+        })
+        .collect();
+    blind.sort();
+    if let (Some(max), false) = (blind.last(), blind.is_empty()) {
+        eprintln!(
+            "the record after {} restarts: first event {:?} after containerd served again \
+             (median), {max:?} at most (bounds of its blind time)",
+            blind.len(),
+            blind[blind.len() / 2]
+        );
+    }
     let keep = std::env::temp_dir().join(format!("wedge-chaos-{seed:x}.log"));
     let _ = std::fs::write(&keep, &log);
     let _ = std::fs::copy(&subscriber.log, keep.with_extension("events"));
@@ -604,4 +718,21 @@ fn chaos() {
     // A shim stays up to a minute after its Shutdown to retry a runtime
     // delete that hung, or to deliver events it kept.
     env.assert_clean_within(Duration::from_secs(75));
+}
+
+#[test]
+fn event_times_read_as_ctr_prints_them() {
+    let t = event_time("2026-12-04 22:18:03.141296974 +0000 UTC k8s.io /tasks/exit {}").unwrap();
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+    // date -d '2026-12-04 22:18:03 UTC' +%s
+    assert_eq!(d.as_secs(), 1_796_422_683);
+    assert_eq!(d.subsec_nanos(), 141_296_974);
+    assert_eq!(
+        event_time("2000-03-01 00:00:00.5 +0000 UTC")
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap(),
+        Duration::from_millis(951_868_800_500)
+    );
+    assert!(event_time("# subscribed 1").is_none());
 }
