@@ -300,6 +300,25 @@ fn envelope(e: &Event, at: SystemTime, namespace: &str) -> Vec<u8> {
     req.write_to_bytes().unwrap_or_default()
 }
 
+/// The task an encoded `ForwardRequest` is about: its event's first field
+/// (`container_id` in every task event), for the log.
+fn task_of(payload: &[u8]) -> String {
+    ForwardRequest::parse_from_bytes(payload)
+        .ok()
+        .and_then(|r| {
+            let value = r.envelope.into_option()?.event.into_option()?.value;
+            let mut input = containerd_shim_protos::protobuf::CodedInputStream::from_bytes(&value);
+            while let Ok(Some(tag)) = input.read_raw_tag_or_eof() {
+                if tag == (1 << 3) | 2 {
+                    return input.read_string().ok();
+                }
+                containerd_shim_protos::protobuf::rt::skip_field_for_tag(tag, &mut input).ok()?;
+            }
+            None
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
 struct Forwarder {
     address: String,
     namespace: String,
@@ -446,11 +465,19 @@ impl Forwarder {
     }
 
     /// Sends one event, retrying in place; what containerd does not take
-    /// goes to the store.
+    /// goes to the store. An event that needed retries is logged with its
+    /// task when it goes (so a reader of the log can follow it).
     async fn deliver(&mut self, topic: &str, payload: &[u8]) -> Wake {
         let mut attempt = 0;
         loop {
             let Err(err) = self.send(payload).await else {
+                if attempt > 0 {
+                    crate::info!(
+                        "published {topic} of {} at attempt {}",
+                        task_of(payload),
+                        attempt + 1
+                    );
+                }
                 return Wake::Go;
             };
             attempt += 1;
@@ -458,7 +485,8 @@ impl Forwarder {
                 match &self.store {
                     Some(_) => {
                         crate::warn!(
-                            "containerd did not take event {topic} ({err}): keeping it until it does"
+                            "containerd did not take event {topic} of {} ({err}): keeping it until it does",
+                            task_of(payload)
                         );
                         self.keep(payload);
                     }
@@ -466,7 +494,10 @@ impl Forwarder {
                 }
                 return Wake::Go;
             }
-            crate::warn!("publish {topic} (attempt {attempt}): {err}");
+            crate::warn!(
+                "publish {topic} of {} (attempt {attempt}): {err}",
+                task_of(payload)
+            );
             if let Wake::Paused = self.sleep(self.timing.retry_delay * attempt).await {
                 return Wake::Paused;
             }
@@ -585,6 +616,19 @@ mod tests {
                 Ok(vec![])
             })
         }
+    }
+
+    #[test]
+    fn a_forwarded_event_names_its_task() {
+        let exit = TaskExit {
+            container_id: "c1".into(),
+            id: "e1".into(),
+            exit_status: 3,
+            ..Default::default()
+        };
+        let payload = envelope(&Event::exit(&exit), SystemTime::now(), "ns");
+        assert_eq!(task_of(&payload), "c1");
+        assert_eq!(task_of(b"\xff\xff"), "?");
     }
 
     #[tokio::test]
