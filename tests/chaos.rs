@@ -165,6 +165,16 @@ impl Subscriber {
 const SUBSCRIBED: &str = "# subscribed";
 
 impl Subscriber {
+    /// The exit time the record's `/tasks/delete` of `id` says.
+    fn deleted_exit_time(&self, id: &str) -> Option<std::time::SystemTime> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let l = log.lines().find(|l| {
+            l.contains(" /tasks/delete ") && l.contains(&format!("\"container_id\":\"{id}\""))
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&l[l.find('{')?..]).ok()?;
+        event_time(&v["exited_at"].as_str()?.replace('T', " ").replace('Z', ""))
+    }
+
     /// Each subscription: when it began, and the time of the first event
     /// it printed (containerd's timestamp), if any.
     fn subscriptions(&self) -> Vec<(std::time::SystemTime, Option<std::time::SystemTime>)> {
@@ -524,6 +534,26 @@ fn chaos() {
     std::thread::sleep(Duration::from_secs(10));
     let mut by_code: HashMap<&str, u64> = HashMap::new();
     let subscriptions = subscriber.subscriptions();
+    // The record is blind from each containerd kill (its `ctr events` dies
+    // with it) until the first event it printed once subscribed again.
+    let blind_windows: Vec<(std::time::SystemTime, std::time::SystemTime)> = kills
+        .iter()
+        .filter_map(|k| {
+            let (_, first) = subscriptions.iter().find(|(s, _)| s >= k)?;
+            Some((*k, (*first)?))
+        })
+        .collect();
+    // When a shim's retried exit went to containerd (its log says).
+    let delivered_at: HashMap<String, std::time::SystemTime> = env
+        .containerd_log()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("published /tasks/exit of ").nth(1)?;
+            let id = rest.split_whitespace().next()?.to_string();
+            let t = l.strip_prefix("time=\"")?.split('"').next()?;
+            Some((id, event_time(&t.replace('T', " ").replace('Z', ""))?))
+        })
+        .collect();
     for c in cs.iter().filter(|c| c.started) {
         let (exits, again) = subscriber.exits(&c.id);
         if !again.is_empty() {
@@ -560,67 +590,82 @@ fn chaos() {
                     .or_default() += 1
             }
             _ => {
-                // What the shim says, to tell an exit it never reported
-                // from one the subscriber missed.
-                let shim = (!c.deleted && address(&env, &c.id).is_some())
-                    .then(|| {
-                        env.shim_call::<_, containerd_shim_protos::shim::shim::StateResponse>(
-                            &c.id,
-                            "State",
-                            &containerd_shim_protos::shim::shim::StateRequest {
-                                id: c.id.clone(),
-                                ..Default::default()
-                            },
-                        )
-                    })
-                    .map(|r| match r {
-                        Ok(s) => {
-                            // The exit's time, and the first containerd
-                            // kill after it.
-                            let at = std::time::UNIX_EPOCH
-                                + Duration::new(
-                                    s.exited_at.seconds as u64,
-                                    s.exited_at.nanos as u32,
-                                );
-                            let next_kill =
-                                kills.iter().filter_map(|k| k.duration_since(at).ok()).min();
-                            // Before it: containerd's last kill and
-                            // restart; the record's subscription after
-                            // that restart and its first event.
-                            let before = |v: &[std::time::SystemTime]| {
-                                v.iter().filter_map(|k| at.duration_since(*k).ok()).min()
-                            };
-                            let last_restart = restarts.iter().filter(|r| **r <= at).max();
-                            let resubscribed = last_restart
-                                .and_then(|r| subscriptions.iter().find(|(s, _)| s >= r).copied());
-                            let rel = |t: std::time::SystemTime| {
-                                t.duration_since(at)
-                                    .map(|d| format!("+{d:?}"))
-                                    .unwrap_or_else(|e| format!("-{:?}", e.duration()))
-                            };
-                            format!(
-                                "{:?} {}, exited {:?} ago; containerd killed {:?} before it \
-                                 and {next_kill:?} after it, last restarted {:?} before it; \
-                                 the record resubscribed at {} and saw its first event at {}",
-                                s.status,
-                                s.exit_status,
-                                at.elapsed().unwrap_or_default(),
-                                before(&kills),
-                                before(&restarts),
-                                resubscribed.map(|(s, _)| rel(s)).unwrap_or_default(),
-                                resubscribed
-                                    .and_then(|(_, f)| f)
-                                    .map(rel)
-                                    .unwrap_or_default(),
-                            )
-                        }
-                        Err(e) => format!("{e:?}"),
-                    });
-                failures.push(format!(
-                    "{} ({:?}, killed {}, shim killed {}, deleted {}): exits {exits:?}, \
-                     want one of {ok_codes:?}; the shim's State: {shim:?}",
-                    c.id, c.kind, c.killed, c.shim_killed, c.deleted
-                ))
+                // When it exited: the shim's State, or (deleted) the
+                // record's /tasks/delete.
+                let state = (!c.deleted && address(&env, &c.id).is_some()).then(|| {
+                    env.shim_call::<_, containerd_shim_protos::shim::shim::StateResponse>(
+                        &c.id,
+                        "State",
+                        &containerd_shim_protos::shim::shim::StateRequest {
+                            id: c.id.clone(),
+                            ..Default::default()
+                        },
+                    )
+                });
+                let exited = match &state {
+                    Some(Ok(s)) if s.exited_at.seconds > 0 => Some(
+                        std::time::UNIX_EPOCH
+                            + Duration::new(s.exited_at.seconds as u64, s.exited_at.nanos as u32),
+                    ),
+                    _ => subscriber.deleted_exit_time(&c.id),
+                };
+                // When it went to containerd: the shim logs an event that
+                // needed retries when it goes; else at its exit.
+                let delivered = delivered_at.get(c.id.as_str()).copied().or(exited);
+                let blind = delivered.and_then(|d| {
+                    blind_windows
+                        .iter()
+                        .find(|(k, f)| *k <= d && d <= *f)
+                        .copied()
+                });
+                let when = exited.map(|at| {
+                    let rel = |t: std::time::SystemTime| {
+                        t.duration_since(at)
+                            .map(|d| format!("+{d:?}"))
+                            .unwrap_or_else(|e| format!("-{:?}", e.duration()))
+                    };
+                    let next_kill = kills.iter().filter_map(|k| k.duration_since(at).ok()).min();
+                    let last_kill = kills.iter().filter(|k| **k <= at).max();
+                    let window = last_kill
+                        .and_then(|k| blind_windows.iter().find(|(wk, _)| wk == k))
+                        .map(|(k, f)| format!("[{}, {}]", rel(*k), rel(*f)))
+                        .unwrap_or_default();
+                    format!(
+                        "exited {:?} ago; delivered at {}; containerd killed {next_kill:?} after \
+                         it; the record's blind time after the last kill before it: {window}",
+                        at.elapsed().unwrap_or_default(),
+                        delivered.map(rel).unwrap_or_default(),
+                    )
+                });
+                let status = match &state {
+                    Some(Ok(s)) => format!("{:?} {}", s.status, s.exit_status),
+                    Some(Err(e)) => format!("{e:?}"),
+                    None => "deleted".into(),
+                };
+                let line = format!(
+                    "{} ({:?}, killed {}, shim killed {}, deleted {}): exits {exits:?} \
+                     (after its delete {again:?}), want one of {ok_codes:?}; the shim: {status}; \
+                     {}",
+                    c.id,
+                    c.kind,
+                    c.killed,
+                    c.shim_killed,
+                    c.deleted,
+                    when.unwrap_or_default()
+                );
+                if exits.is_empty() && again.is_empty() && blind.is_some() {
+                    // Published after containerd was killed and before the
+                    // record's first event once it was back: containerd
+                    // took it while the record was not subscribed.
+                    eprintln!(
+                        "not seen by the record, published while it was resubscribing: {line}"
+                    );
+                    *by_code
+                        .entry("not seen: published while the record was resubscribing")
+                        .or_default() += 1;
+                } else {
+                    failures.push(line);
+                }
             }
         }
         let check_lines = match c.kind {
