@@ -701,11 +701,12 @@ fn chaos() {
     );
     // How long the record was blind after each restart: from containerd
     // serving again to the record's first event after it.
-    let mut blind: Vec<Duration> = restarts
+    let mut blind: Vec<Duration> = kills
         .iter()
-        .filter_map(|r| {
-            let (_, first) = subscriptions.iter().find(|(s, _)| s >= r)?;
-            first.as_ref()?.duration_since(*r).ok()
+        .zip(&restarts)
+        .filter_map(|(k, r)| {
+            let (_, first) = subscriptions.iter().find(|(s, _)| s >= k)?;
+            Some(first.as_ref()?.duration_since(*r).unwrap_or_default())
         })
         .collect();
     blind.sort();
