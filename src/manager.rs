@@ -514,11 +514,10 @@ fn adjust_oom_score(pid: u32) -> Result<(), String> {
         .map_err(e("set oom_score_adj"))
 }
 
-/// `delete`: cleans up after a container whose shim may be gone.
-pub fn delete(flags: &Flags) -> Result<(), String> {
-    let cwd = std::env::current_dir().map_err(e("cwd"))?;
-    let dir = cwd.parent().unwrap_or(Path::new("/")).join(&flags.id);
-    crate::service::task::validate_id(&flags.id).map_err(|err| err.to_string())?;
+/// What `delete` does for one task in bundle `dir`: the runtime's state
+/// deleted (unless a live shim still retries it), the rootfs unmounted,
+/// a dead shim's socket and undelivered events dealt with.
+fn clean_up_task(dir: &Path, id: &str, namespace: &str) -> Result<(), String> {
     // Written by Create before anything that can fail; a bundle without it
     // (Create never began, or an older shim's failed Create) has nothing in
     // the runtime to delete.
@@ -534,9 +533,9 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
             b => b,
         };
         let mut cmd = Command::new(binary);
-        cmd.args(["--root", &opts.runtime_root(&flags.namespace), "--log"])
+        cmd.args(["--root", &opts.runtime_root(namespace), "--log"])
             .arg(dir.join("log.json"))
-            .args(["--log-format", "json", "delete", "--force", &flags.id])
+            .args(["--log-format", "json", "delete", "--force", id])
             .env_remove("NOTIFY_SOCKET");
         // A live shim (staying after its Shutdown) may still be retrying a
         // runtime delete that hung: left to it. Otherwise it runs (again),
@@ -545,7 +544,7 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         if crate::service::retried_by_a_live_shim(&marker) {
             eprintln!(
                 "{}: runtime delete hung when the shim deleted the task; the shim retries it",
-                flags.id
+                id
             );
         } else {
             match run_bounded(cmd, SHIM_DELETE_RUNTIME_BOUND) {
@@ -558,8 +557,8 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
                 Err(err) if err.kind() == std::io::ErrorKind::TimedOut => eprintln!(
                     "{}: runtime delete still did not finish ({binary} {err}); \
                      left behind: the runtime's state under {}",
-                    flags.id,
-                    opts.runtime_root(&flags.namespace)
+                    id,
+                    opts.runtime_root(namespace)
                 ),
                 Err(err) => eprintln!("{binary} delete: {err}"),
                 _ => {}
@@ -567,7 +566,16 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         }
     }
     crate::mount::unmount_all(&dir.join("rootfs")).map_err(|err| err.to_string())?;
-    clean_up_dead_shim(&dir, &flags.namespace);
+    clean_up_dead_shim(dir, namespace);
+    Ok(())
+}
+
+/// `delete`: cleans up after a container whose shim may be gone.
+pub fn delete(flags: &Flags) -> Result<(), String> {
+    let cwd = std::env::current_dir().map_err(e("cwd"))?;
+    let dir = cwd.parent().unwrap_or(Path::new("/")).join(&flags.id);
+    crate::service::task::validate_id(&flags.id).map_err(|err| err.to_string())?;
+    clean_up_task(&dir, &flags.id, &flags.namespace)?;
     if crate::exitfile::oom_recorded(&dir) {
         eprintln!("{}: the container was OOM-killed", flags.id);
     }
@@ -582,6 +590,7 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
             files.remove();
         }
         crate::sandbox::cgroup::remove_listed(&dir);
+        clean_up_pod_containers(&dir, &flags.id, &flags.namespace);
     }
     // The container's own exit when the shim recorded one; otherwise it was
     // still running and `delete --force` just killed it.
@@ -600,6 +609,82 @@ pub fn delete(flags: &Flags) -> Result<(), String> {
         .write_all(&bytes)
         .map_err(e("write response"))?;
     Ok(())
+}
+
+/// After a pod's shim died: the pod's containers, which it served too
+/// (containerd 2.x runs `shim delete` only for the sandbox, and deletes
+/// the containers' tasks on the dead shim without it), get what `delete`
+/// does for a task, so no runtime state or mount of theirs is left. They
+/// are the task bundles of the namespace CRI marked with the sandbox's id.
+fn clean_up_pod_containers(sandbox: &Path, id: &str, namespace: &str) {
+    if shim_address(sandbox)
+        .is_some_and(|a| shim_alive(Path::new(a.trim().trim_start_matches("unix://"))))
+    {
+        return; // not dead: its containers are its own business
+    }
+    // The sandbox's bundle is `<state>/io.containerd.sandbox.controller.v1.
+    // shim/<ns>/<id>`, its containers' `<state>/io.containerd.runtime.v2.
+    // task/<ns>/<cid>` (or beside it, as for a pause pod's).
+    let ns_dir = sandbox.parent();
+    let tasks = ns_dir
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(|state| state.join("io.containerd.runtime.v2.task").join(namespace));
+    let mut dirs: Vec<PathBuf> = ns_dir.into_iter().map(Path::to_path_buf).collect();
+    dirs.extend(tasks.filter(|t| Some(t.as_path()) != ns_dir));
+    let bundles = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|r| r.flatten().map(|e| e.path()));
+    for bundle in bundles {
+        let Some(cid) = bundle
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let of_pod = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["annotations"]["io.kubernetes.cri.sandbox-id"] == id);
+        if cid == id || !of_pod || crate::service::task::validate_id(&cid).is_err() {
+            continue;
+        }
+        if let Err(err) = clean_up_task(&bundle, &cid, namespace) {
+            eprintln!("{cid} (of pod {id}): {err}");
+        }
+    }
+    // A container whose bundle containerd removed already (its task delete
+    // on the dead shim failed, and containerd went on): the runtime's state
+    // is found by the sandbox's id among its labels (runc's default root).
+    let root = Options::default().runtime_root(namespace);
+    let Ok(states) = std::fs::read_dir(&root) else {
+        return;
+    };
+    let label = format!("io.kubernetes.cri.sandbox-id={id}");
+    for state in states.flatten() {
+        let cid = state.file_name().to_string_lossy().into_owned();
+        let of_pod = std::fs::read(state.path().join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["config"]["labels"].as_array().cloned())
+            .is_some_and(|labels| labels.iter().any(|l| l == label.as_str()));
+        if !of_pod || cid == id || crate::service::task::validate_id(&cid).is_err() {
+            continue;
+        }
+        let mut cmd = Command::new("runc");
+        cmd.args(["--root", &root, "delete", "--force", &cid])
+            .env_remove("NOTIFY_SOCKET");
+        match run_bounded(cmd, SHIM_DELETE_RUNTIME_BOUND) {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "{cid} (of pod {id}): runc delete: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(err) => eprintln!("{cid} (of pod {id}): runc delete: {err}"),
+        }
+    }
 }
 
 /// Kills the pod holder a sandbox's bundle names, if it still runs (and is

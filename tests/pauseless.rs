@@ -508,10 +508,10 @@ fn a_pauseless_pod_survives_a_containerd_restart() {
 }
 
 /// The pod's shim is SIGKILLed with a container running: containerd
-/// cleans up after it (`shim delete` of the container and of the sandbox:
-/// the holder killed, its cgroup and the pod's files removed), CRI reports
-/// the container exited and the pod not ready, and stopping and removing
-/// the pod leaves nothing.
+/// cleans up after it (`shim delete` of the sandbox: the holder killed,
+/// its cgroup and the pod's files removed, and the pod's container's
+/// runtime state and rootfs), CRI reports the container exited and the
+/// pod not ready, and stopping and removing the pod leaves nothing.
 #[test]
 fn a_pauseless_pods_killed_shim_leaves_nothing_behind() {
     let env = Env::start_custom(Install::Wedge, true, PAUSELESS);
@@ -565,13 +565,17 @@ fn a_pauseless_pods_killed_shim_leaves_nothing_behind() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // The pod's container too: containerd 2.x runs `shim delete` only
+        // for the sandbox, which cleans up the pod's containers with it.
+        let runtime_state = std::path::Path::new("/run/containerd/runc/k8s.io").join(&id);
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while holders() > 0 || holder_cgroup.exists() {
+        while holders() > 0 || holder_cgroup.exists() || runtime_state.exists() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "holder {} left, cgroup {}",
+                "holder {} left, cgroup {}, the container's runtime state {}",
                 holders(),
-                holder_cgroup.exists()
+                holder_cgroup.exists(),
+                runtime_state.exists()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
