@@ -106,14 +106,19 @@ impl Subscriber {
                     .append(true)
                     .open(&l)
                     .unwrap();
-                // When this subscription began (its first event says when
-                // it was live at the latest).
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let _ = writeln!(out, "{SUBSCRIBED} {}", now.as_nanos());
-                if let Ok(mut c) = cmd.stdout(out).stderr(Stdio::null()).spawn() {
+                // When this subscription began; each line is stamped with
+                // when it came (the first one says when the subscription
+                // was live at the latest: an event's own time may be far
+                // older, when a shim retried or kept it).
+                let _ = writeln!(out, "{SUBSCRIBED} {}", now_nanos());
+                if let Ok(mut c) = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn() {
                     p.store(c.id(), Ordering::Relaxed);
+                    if let Some(o) = c.stdout.take() {
+                        use std::io::BufRead;
+                        for line in std::io::BufReader::new(o).lines().map_while(Result::ok) {
+                            let _ = writeln!(out, "{RECEIVED}{} {line}", now_nanos());
+                        }
+                    }
                     let _ = c.wait();
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -163,6 +168,15 @@ impl Subscriber {
 
 /// The record's line before each (re)subscription: `# subscribed NANOS`.
 const SUBSCRIBED: &str = "# subscribed";
+/// Each event line of the record starts with when it came: `@NANOS `.
+const RECEIVED: &str = "@";
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
 
 impl Subscriber {
     /// The exit time the record's `/tasks/delete` of `id` says.
@@ -175,8 +189,8 @@ impl Subscriber {
         event_time(&v["exited_at"].as_str()?.replace('T', " ").replace('Z', ""))
     }
 
-    /// Each subscription: when it began, and the time of the first event
-    /// it printed (containerd's timestamp), if any.
+    /// Each subscription: when it began, and when its first event came, if
+    /// any.
     fn subscriptions(&self) -> Vec<(std::time::SystemTime, Option<std::time::SystemTime>)> {
         let mut v: Vec<(std::time::SystemTime, Option<std::time::SystemTime>)> = Vec::new();
         for l in std::fs::read_to_string(&self.log)
@@ -191,7 +205,10 @@ impl Subscriber {
                 ));
             } else if let Some(last) = v.last_mut() {
                 if last.1.is_none() {
-                    last.1 = event_time(l);
+                    last.1 = l
+                        .strip_prefix(RECEIVED)
+                        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+                        .map(|ns| std::time::UNIX_EPOCH + Duration::from_nanos(ns));
                 }
             }
         }
