@@ -112,11 +112,7 @@ async fn pod_lifecycle(env: &Env, handler: &str) {
 #[test]
 fn cri_pods_run_on_wedge_through_both_runtime_handlers() {
     let env = Env::start_with(Install::Wedge, true);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         pod_lifecycle(&env, "wedge").await;
         pod_lifecycle(&env, "dropin").await;
     });
@@ -149,11 +145,7 @@ fn cri_log_and_exec_sync_output_are_complete() {
     const N: u64 = 200_000;
     const BURST: usize = 1 << 20;
     let env = Env::start_with(Install::Wedge, true);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut rt = connect(&env.address).await;
         let (pod, cfg) = start_pod(&mut rt, &env, "pod-out", "wedge").await;
         let writer = start_container(
@@ -392,11 +384,7 @@ fn no_line_is_lost_while_containerd_is_down_for_30_s() {
 fn stop_container_ends_a_container_whose_runtime_hangs() {
     use wedge::service::task::KILL_BOUND;
     let env = Env::start_with(Install::Wedge, true);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut rt = connect(&env.address).await;
         let (pod, cfg) = start_pod(&mut rt, &env, "pod-hang", "hang").await;
         let id = start_container(
@@ -572,11 +560,7 @@ fn no_event_is_lost_however_long_containerd_is_down() {
 #[test]
 fn a_printing_exec_probe_is_answered_within_its_one_second_timeout() {
     let env = Env::start_with(Install::Wedge, true);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut rt = connect(&env.address).await;
         for handler in ["wedge", "dropin"] {
             let (pod, cfg) =
@@ -630,11 +614,7 @@ fn a_printing_exec_probe_is_answered_within_its_one_second_timeout() {
 fn streaming_exec_output_is_complete() {
     const BURST: usize = 1 << 20;
     let env = Env::start_with(Install::Wedge, true);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut rt = connect(&env.address).await;
         for handler in ["wedge", "dropin"] {
             let (pod, cfg) =

@@ -47,11 +47,7 @@ fn processes_named(name: &str) -> usize {
 #[test]
 fn a_host_network_pod_runs_without_a_pause_container() {
     let env = Env::start_custom(Install::Wedge, true, PAUSELESS);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut rt = connect(&env.address).await;
         let pauses = processes_named("/pause");
         let (pod, cfg) = start_pod(&mut rt, &env, "pl-host", "pauseless").await;
@@ -111,11 +107,7 @@ fn bench_pod_start_to_first_container_running() {
     let mut pss: Vec<Vec<u64>> = vec![Vec::new(); handlers.len()];
     let mut mounts: Vec<Vec<usize>> = vec![Vec::new(); handlers.len()];
     let mut procs: Vec<usize> = vec![0; handlers.len()];
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut rt = connect(&env.address).await;
         for round in 0..rounds + 1 {
             for (i, h) in handlers.iter().enumerate() {
@@ -249,11 +241,7 @@ fn two_containers_share_a_pauseless_pods_namespaces() {
         r#"{"cniVersion": "1.0.0", "name": "local-veth-only", "plugins": [{"type": "wedge-local-veth"}]}"#,
     )
     .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut rt = connect(&env.address).await;
         let mut cfg = pod_config(&env, "pl-own", &format!("/{}-cri/pl-own", env.ns));
         cfg.hostname = "pl-own".into();
@@ -515,11 +503,7 @@ fn a_pauseless_pod_survives_a_containerd_restart() {
 #[test]
 fn a_pauseless_pods_killed_shim_leaves_nothing_behind() {
     let env = Env::start_custom(Install::Wedge, true, PAUSELESS);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut rt = connect(&env.address).await;
         let (pod, cfg) = start_pod(&mut rt, &env, "pl-kill", "pauseless").await;
         let id = start_container(&mut rt, &pod, &cfg, "c", "sleep 600").await;

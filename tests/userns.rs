@@ -221,11 +221,7 @@ fn user_namespaced_pods_run_with_idmapped_layers() {
     let tar = many_layers_tar();
     let out = env.ctr(&["-n", "k8s.io", "images", "import", tar.to_str().unwrap()]);
     assert!(out.status.success(), "import: {}", stderr(&out));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    block_on(async {
         let mut rt = connect(&env.address).await;
         // CRI learned from `-info` (the runtime's features, through Wedge)
         // that both handlers support user namespaces.

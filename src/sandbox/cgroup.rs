@@ -77,8 +77,8 @@ impl Placement {
         let Placement::Scope { slice, unit } = self else {
             return Ok(());
         };
-        super::super::cgroup::systemd::start_scope(
-            super::super::cgroup::systemd::PRIVATE_SOCKET,
+        crate::cgroup::systemd::start_scope(
+            crate::cgroup::systemd::PRIVATE_SOCKET,
             unit,
             slice,
             pid,

@@ -319,3 +319,12 @@ fn remove_cgroup_tree(parent: &str) {
         let _ = std::fs::remove_dir(&dir);
     }
 }
+
+/// Runs a CRI client's future to its end on a runtime of its own.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
